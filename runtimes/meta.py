@@ -1,0 +1,75 @@
+"""Model metadata: the one description of a detector that travels with every artifact.
+
+The trainer writes it next to the weights (model.json); exporters embed it in ONNX
+`metadata_props`, OpenVINO `rt_info` and engine sidecars, so `runtimes.load(path)`
+needs nothing else. Plain JSON, no torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+FORMAT = "frcnn-deploy/1"
+META_KEY = "frcnn_deploy_meta"  # key under which exporters embed the JSON
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelMeta:
+    arch: str
+    # class_names[label] is the name of model label `label`; label 0 is the background.
+    class_names: list[str]
+    canvas: tuple[int, int]  # (H, W) of the fixed input canvas the image is letterboxed onto
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN  # on the 0..1 scale
+    image_std: tuple[float, float, float] = IMAGENET_STD
+    # COCO category id of each label (same length as class_names); None means id == label.
+    category_ids: list[int] | None = None
+    rpn_pre_nms_top_n: int = 1000
+    rpn_post_nms_top_n: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_score_thresh: float = 0.0
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    arch_kwargs: dict = field(default_factory=dict)  # extra builder arguments (anchors, widths, ...)
+    provenance: dict = field(default_factory=dict)  # dataset, epochs, mAP, toolkit version, ...
+    export: dict = field(default_factory=dict)  # filled by exporters: batch, flavor, precision, ...
+    format: str = FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        """Number of model classes, background included (torchvision's num_classes)."""
+        return len(self.class_names)
+
+    def category_id(self, label: int) -> int:
+        return int(self.category_ids[label]) if self.category_ids else int(label)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["canvas"] = list(self.canvas)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelMeta":
+        fmt = d.get("format", FORMAT)
+        if not str(fmt).startswith("frcnn-deploy/"):
+            raise ValueError(f"not frcnn-deploy metadata (format={fmt!r})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = {"arch", "class_names", "canvas"} - d.keys()
+        if missing:
+            raise ValueError(f"metadata lacks {sorted(missing)}")
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["canvas"] = tuple(int(v) for v in kw["canvas"])
+        for k in ("image_mean", "image_std"):
+            if k in kw:
+                kw[k] = tuple(float(v) for v in kw[k])
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMeta":
+        return cls.from_dict(json.loads(text))

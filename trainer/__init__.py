@@ -1,0 +1,1 @@
+"""Training: datasets, models, checkpoints and the training loop (`python -m trainer`)."""
