@@ -1,11 +1,24 @@
 """Datasets: the built-in `shapes` set and readers for COCO JSON, Pascal VOC XML and TXT lines.
 
 `build_datasets(spec)` turns the trainer's `--data` argument into (train, val) datasets.
+Every reader yields `Sample`s in original-image pixels with labels 1..C; training uses
+`sample.without_crowd()` (crowd and VOC difficult boxes count for evaluation only).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from .base import DatasetError, DetectionDataset, Sample
+from .coco import CocoDataset
+from .files import FileDataset, hold_out
 from .shapes import ShapesDataset, shapes_splits
+from .txt import TxtDataset
+from .voc import VocDataset, voc_splits
+
+ACCEPTED = ("shapes[:train=N,val=M,seed=S]; a COCO instances .json (or a folder with annotations.json); "
+            "a TXT .txt of 'image x1,y1,x2,y2,class ...' lines; a Pascal VOC folder (Annotations/ or *.xml); "
+            "coco:PATH, voc:PATH or txt:PATH to force the format")
+FORMATS = ("coco", "voc", "txt")
 
 
 def _parse_options(text: str) -> dict[str, int]:
@@ -18,19 +31,76 @@ def _parse_options(text: str) -> dict[str, int]:
     return opts
 
 
-def build_datasets(data: str, val: str | None = None) -> tuple[DetectionDataset, DetectionDataset]:
-    """(train, val) datasets for a `--data` spec.
+def _detect(path: Path) -> str | None:
+    if path.is_dir():
+        if (path / "Annotations").is_dir() or any(path.glob("*.xml")):
+            return "voc"
+        if (path / "annotations.json").is_file():
+            return "coco"
+        return None
+    return {".json": "coco", ".txt": "txt"}.get(path.suffix.lower())
 
-    shapes[:train=N,val=M,seed=S]   the built-in synthetic set (held-out val split)
-    """
-    name, _, options = data.partition(":")
+
+def _open(spec: str, classes: list[str] | None = None) -> tuple[DetectionDataset, DetectionDataset | None]:
+    """The dataset a spec names, and its own validation split when the format has one."""
+    name, sep, rest = spec.partition(":")
     if name == "shapes":
-        opts = _parse_options(options)
+        opts = _parse_options(rest)
         unknown = set(opts) - {"train", "val", "seed"}
         if unknown:
             raise DatasetError(f"unknown shapes option(s) {sorted(unknown)}; use train=, val=, seed=")
         return shapes_splits(**opts)
-    raise DatasetError(f"unknown dataset {data!r}")
+    fmt, text = (name, rest) if sep and name in FORMATS else (None, spec)
+    path = Path(text)
+    if not text.strip() or not path.exists():
+        raise DatasetError(f"{spec}: no such file or folder; a dataset is one of: {ACCEPTED}")
+    fmt = fmt or _detect(path)
+    if fmt == "coco":
+        return CocoDataset(path / "annotations.json" if path.is_dir() else path), None
+    if fmt == "txt":
+        return TxtDataset(path, classes), None
+    if fmt == "voc":
+        splits = voc_splits(path)
+        if splits is None:
+            return VocDataset(path, classes=classes), None
+        train = VocDataset(path, splits[0], classes)
+        return train, VocDataset(path, splits[1], train.class_names)
+    raise DatasetError(f"{spec}: not a dataset format this trainer reads; a dataset is one of: {ACCEPTED}")
 
 
-__all__ = ["DatasetError", "DetectionDataset", "Sample", "ShapesDataset", "build_datasets", "shapes_splits"]
+def build_datasets(data: str, val: str | None = None) -> tuple[DetectionDataset, DetectionDataset]:
+    """(train, val) datasets for the trainer's `--data` and optional `--val-data` specs.
+
+    shapes[:train=N,val=M,seed=S]   the built-in synthetic set (held-out val split)
+    PATH.json | DIR/annotations.json  COCO instances JSON (see trainer.data.coco)
+    PATH.txt                        TXT lines, classes.txt beside it (see trainer.data.txt)
+    DIR with Annotations/ or *.xml  Pascal VOC (see trainer.data.voc); its
+                                    ImageSets/Main/{train,val}.txt split when present
+    coco:PATH, voc:PATH, txt:PATH   the same, format forced
+
+    The validation set is `val` when given (its val split for a VOC folder with one), else
+    the format's own val split, else a deterministic 10% (at least 1 image) held out of
+    `data`. A VOC or TXT validation set takes the training set's class list, so labels
+    agree; otherwise differing classes are an error.
+    """
+    train, own_val = _open(data)
+    if val is not None:
+        val_set, val_split = _open(val, classes=train.class_names)
+        val_set = val_split or val_set
+        if isinstance(val_set, (VocDataset, TxtDataset)):
+            val_set.category_ids = train.category_ids  # same names by construction
+    elif own_val is not None:
+        val_set = own_val
+    elif isinstance(train, FileDataset):
+        train, val_set = hold_out(train)
+    else:
+        raise DatasetError(f"{data}: no validation split; give one with --val-data")
+    if (val_set.class_names, val_set.label_category_ids()) != (train.class_names, train.label_category_ids()):
+        raise DatasetError(f"{val or data}: classes {val_set.class_names} (ids {val_set.label_category_ids()[1:]}) "
+                           f"differ from the training set's {train.class_names} "
+                           f"(ids {train.label_category_ids()[1:]})")
+    return train, val_set
+
+
+__all__ = ["CocoDataset", "DatasetError", "DetectionDataset", "FileDataset", "Sample", "ShapesDataset",
+           "TxtDataset", "VocDataset", "build_datasets", "hold_out", "shapes_splits"]

@@ -14,7 +14,20 @@ import numpy as np
 
 
 class DatasetError(ValueError):
-    """Bad dataset input; the message is one line naming the file and, where known, the line."""
+    """Bad dataset input; the message is one line naming the file and, where known, the line.
+
+    A DataLoader worker's error comes back to the main process as a DatasetError whose
+    message is "Caught DatasetError in DataLoader worker process N." plus the worker's
+    traceback; the constructor recognises that form and keeps the original one line as the
+    message (the traceback stays in `worker_traceback`), so `str(error)` is one line either way.
+    """
+
+    def __init__(self, message: str = ""):
+        self.worker_traceback = None
+        if message.startswith("Caught DatasetError ") and "\nOriginal Traceback" in message:
+            self.worker_traceback = message
+            message = message.rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass
@@ -29,6 +42,19 @@ class Sample:
     @property
     def crowd(self) -> np.ndarray:
         return np.zeros(len(self.labels), bool) if self.iscrowd is None else self.iscrowd.astype(bool)
+
+    def without_crowd(self) -> Sample:
+        """The training targets: crowd boxes (COCO iscrowd=1, VOC difficult) removed.
+
+        Crowd boxes stay in the ground truth for evaluation (COCOeval ignores detections that
+        match them) but are never regression/classification targets, as in torchvision's
+        detection references. The image may end up with no boxes: a background-only sample.
+        """
+        keep = ~self.crowd
+        if keep.all():
+            return self
+        return Sample(image=self.image, boxes=self.boxes[keep], labels=self.labels[keep],
+                      image_id=self.image_id, file_name=self.file_name, iscrowd=None)
 
 
 @dataclass
@@ -93,6 +119,7 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, where: str, dataset:
 
     Returns the kept (boxes, labels, iscrowd). A box is degenerate when it has no area
     left inside the image. Non-finite coordinates raise DatasetError naming `where`.
+    `dataset` is whatever counts the skips: anything with a `skip(reason, n)` method.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if not np.isfinite(boxes).all():
