@@ -1,0 +1,60 @@
+"""Uniform runtime adapters: every artifact behind one interface.
+
+    import runtimes
+    detector = runtimes.load("model.onnx")      # or a run dir, .xml, .engine
+    dets = detector(rgb_image)                  # boxes in original-image pixels, with class names
+
+`load` picks the adapter from the file; only the torch adapter imports torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Detections, Detector, ModelLoadError
+from .image import ImageError
+from .meta import ModelMeta
+
+RUNTIMES = ("torch", "torchvision", "onnxruntime", "openvino", "tensorrt")
+
+
+def runtime_for(path) -> str:
+    """The runtime that runs an artifact, from its name."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix == ".xml" or (p.is_dir() and any(p.glob("*.xml")) and not (p / "model.safetensors").exists()):
+        return "openvino"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "tensorrt"
+    if p.is_dir() or suffix in (".safetensors", ".json", ".pth", ".pt"):
+        return "torch"
+    raise ModelLoadError(f"{path}: unknown model type (expected a run dir, .safetensors, .pth, .onnx, .xml or .engine)")
+
+
+def load(path, device: str = "cpu", runtime: str | None = None, **options) -> Detector:
+    """Load any artifact as a Detector. `runtime` overrides the choice made from the file name
+    ("torchvision" runs a checkpoint through torchvision's own eager forward)."""
+    if not Path(path).exists():
+        raise ModelLoadError(f"{path}: no such file or directory")
+    runtime = runtime or runtime_for(path)
+    if runtime in ("torch", "torchvision"):
+        from .torch import TorchDetector
+
+        return TorchDetector(path, device=device, reference=runtime == "torchvision", **options)
+    if runtime == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeDetector
+
+        return OnnxRuntimeDetector(path, device=device, **options)
+    if runtime == "openvino":
+        from .openvino import OpenVINODetector
+
+        return OpenVINODetector(path, device=device, **options)
+    if runtime == "tensorrt":
+        from .tensorrt import TensorRTDetector
+
+        return TensorRTDetector(path, device=device, **options)
+    raise ModelLoadError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+
+
+__all__ = ["Detections", "Detector", "ImageError", "ModelLoadError", "ModelMeta", "RUNTIMES", "load", "runtime_for"]

@@ -99,8 +99,9 @@ def build_model(meta: ModelMeta, frozen_bn: bool = False) -> FasterRCNN:
 
     The internal transform is set to the canvas so that a letterboxed canvas passes
     through unresized; post-processing thresholds come from `meta`.
-    `frozen_bn` swaps the backbone's BatchNorm for FrozenBatchNorm2d (fine-tuning
-    from pretrained weights with small batches), which computes the same in eval mode.
+    `frozen_bn` (or `meta.arch_kwargs["frozen_bn"]`) swaps the backbone's BatchNorm for
+    FrozenBatchNorm2d (fine-tuning from pretrained weights with small batches), which
+    computes the same in eval mode.
     """
     if meta.arch not in ARCHS:
         raise ValueError(f"unknown architecture {meta.arch!r}; choose from {', '.join(ARCHS)}")
@@ -108,6 +109,9 @@ def build_model(meta: ModelMeta, frozen_bn: bool = False) -> FasterRCNN:
     if h % 32 or w % 32:
         raise ValueError(f"canvas {h}x{w} must be a multiple of 32 on both sides")
     kwargs = dict(meta.arch_kwargs)
+    # recorded by the trainer when it fine-tunes from torchvision weights, so that a
+    # checkpoint rebuilds the same modules (FrozenBatchNorm2d has no num_batches_tracked)
+    frozen_bn = bool(kwargs.pop("frozen_bn", False)) or frozen_bn
     kwargs.update(TRAIN_KWARGS.get(meta.arch, {}))
     model = ARCHS[meta.arch](
         meta.num_classes,
@@ -140,6 +144,27 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         else:
             freeze_batchnorm(child)
     return module
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W), both positive multiples of 32 (an argparse type: bad input is one line)."""
+    import argparse
+
+    h, sep, w = text.lower().partition("x")
+    if not sep or not h.strip().isdigit() or not w.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"bad canvas {text!r}: expected HxW, e.g. 256x256")
+    h, w = int(h), int(w)
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise argparse.ArgumentTypeError(f"bad canvas {text!r}: both sides must be positive multiples of 32")
+    return h, w
+
+
+def set_canvas(model: FasterRCNN, meta: ModelMeta, canvas: tuple[int, int]) -> ModelMeta:
+    """Run `model` on another canvas: its transform passes that canvas through unresized."""
+    meta.canvas = tuple(canvas)
+    model.transform.min_size = (min(canvas),)
+    model.transform.max_size = max(canvas)
+    return meta
 
 
 def count_parameters(model: nn.Module) -> int:

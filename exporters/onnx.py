@@ -1,0 +1,115 @@
+"""ONNX export: checkpoint -> deploy graph -> model.onnx, checked and verified against PyTorch.
+
+    python -m exporters.onnx --checkpoint runs/shapes-tiny --out model.onnx
+    python -m exporters.onnx --checkpoint fasterrcnn_resnet50_fpn.pth --dynamic-batch --flavor trt
+
+`--flavor onnx` (default) uses standard ONNX ops only (ONNX Runtime, OpenVINO);
+`--flavor trt` emits our plugin nodes for NMS and RoIAlign (input of exporters.trt).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+
+from runtimes.meta import META_KEY, ModelMeta
+
+from trainer.models import parse_canvas
+
+from .cli import add_verify_args, fail, load_source, thresholds_from
+
+MAX_IR_VERSION = 10  # onnxruntime >= 1.20 and OpenVINO read it; onnx 1.23 would write 14 by default
+
+
+def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor: str = "onnx",
+                opset: int = 18) -> Path:
+    """Write the deploy graph of `model` as ONNX with `meta` inside; batch None = dynamic."""
+    import torch
+
+    from .deploy import DeployFasterRCNN
+    from .ops import translation_table
+
+    deploy = DeployFasterRCNN(model, meta).eval()
+    h, w = meta.canvas
+    # torch.export specialises a dimension of size 1, so a dynamic batch is traced with 2
+    example = torch.zeros(2 if batch is None else batch, h, w, 3, dtype=torch.uint8)
+    dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=1024)}} if batch is None else None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            deploy, (example,), dynamo=True, custom_translation_table=translation_table(flavor),
+            input_names=["images"], output_names=["num_detections", "boxes", "scores", "labels"],
+            opset_version=opset, dynamic_shapes=dynamic, verbose=False)
+    proto = program.model_proto
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    meta.export = dict(meta.export, format="onnx", flavor=flavor, batch=batch, opset=opset)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {META_KEY: meta.to_json()})
+    onnx.save(proto, str(out))
+    if flavor == "trt":
+        from .ops import _register_plugin_schemas
+
+        _register_plugin_schemas()  # lets the checker check the plugin nodes too
+    onnx.checker.check_model(str(out), full_check=True)
+    return out
+
+
+def default_out(checkpoint: str, flavor: str) -> Path:
+    p = Path(checkpoint)
+    base = p if p.is_dir() else p.parent
+    return base / ("model.trt.onnx" if flavor == "trt" else "model.onnx")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m exporters.onnx", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, .safetensors checkpoint, or torchvision .pth state dict")
+    p.add_argument("--out", type=Path, help="output .onnx (default: model.onnx / model.trt.onnx beside the checkpoint)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
+    p.add_argument("--canvas", type=parse_canvas, help="input canvas HxW, multiples of 32 (default: the checkpoint's)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (16-21, default 18)")
+    p.add_argument("--flavor", choices=["onnx", "trt"], default="onnx",
+                   help="onnx: standard ops (default); trt: TensorRT plugin nodes for NMS and RoIAlign")
+    p.add_argument("--arch", help="architecture of a .pth file (default: guessed from its keys)")
+    add_verify_args(p)
+    a = p.parse_args(argv)
+    if a.batch < 1:
+        fail("--batch must be at least 1")
+    if not 16 <= a.opset <= 21:
+        fail(f"--opset {a.opset} is not supported (RoiAlign needs >= 16; use 16-21)")
+    model, meta = load_source(a.checkpoint, a.arch, a.canvas)
+    out = a.out or default_out(a.checkpoint, a.flavor)
+    batch = None if a.dynamic_batch else a.batch
+    print(f"exporting {meta.arch} ({meta.num_classes - 1} classes, canvas {meta.canvas[0]}x{meta.canvas[1]}, "
+          f"batch {batch or 'dynamic'}, flavor {a.flavor}, opset {a.opset}) ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        export_onnx(model, meta, out, batch, a.flavor, a.opset)
+    except onnx.checker.ValidationError as e:
+        fail(f"onnx.checker rejected {out}: {str(e).splitlines()[0]}")
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s; onnx.checker OK")
+    if a.no_verify:
+        return 0
+    import runtimes
+    from runtimes.torch import TorchDetector
+
+    from .verify import print_report, verify
+
+    report = verify(runtimes.load(out), TorchDetector(None, model=model, meta=meta), meta, a.parity_images,
+                    thresholds_from(a))
+    return 0 if print_report(report, str(out)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Parity verification shared by every exporter: the artifact as users will run it
+(through `runtimes`) against the PyTorch deploy graph, on sample images."""
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from runtimes.base import Detector
+from runtimes.meta import ModelMeta
+from runtimes.parity import ParityReport, Thresholds, compare
+
+
+def sample_images(meta: ModelMeta, n: int):
+    """(images, gt, image_ids, source): the checkpoint's validation images when its dataset can be
+    read here, else synthetic `shapes` images without ground truth for this model's classes."""
+    from trainer.data import build_datasets
+    from trainer.data.shapes import render
+
+    spec = meta.provenance.get("dataset")
+    if spec:
+        try:
+            val = build_datasets(spec, meta.provenance.get("val_dataset"))[1]
+            idx = range(min(n, len(val)))
+            samples = [val.load(i) for i in idx]
+            gt = val.coco_dict()
+            return [s.image for s in samples], gt, [s.image_id for s in samples], f"{val.name} ({len(samples)} images)"
+        except Exception as e:  # unreadable here: fall back to synthetic images
+            print(f"note: dataset {spec!r} not readable here ({str(e).splitlines()[0]}); using synthetic images")
+    return [render(7, i)[0] for i in range(n)], None, None, f"synthetic shapes ({n} images)"
+
+
+def run_images(detector: Detector, images: list[np.ndarray], desc: str):
+    return [detector(im) for im in tqdm(images, desc=desc, unit="img", leave=False)]
+
+
+def verify(test: Detector, reference: Detector, meta: ModelMeta, images: int = 16,
+           thresholds: Thresholds = Thresholds()) -> ParityReport:
+    imgs, gt, ids, source = sample_images(meta, images)
+    print(f"parity: {test.runtime} vs {reference.runtime} on {source}")
+    ref = run_images(reference, imgs, f"{reference.runtime}")
+    tst = run_images(test, imgs, f"{test.runtime}")
+    return compare(ref, tst, thresholds, gt=gt, image_ids=ids, category_ids=meta.category_ids)
+
+
+def print_report(report: ParityReport, name: str) -> bool:
+    """One summary line; on failure a readable list of what failed. Returns report.passed."""
+    print(f"parity {'OK' if report.passed else 'FAILED'} for {name}: {report.summary()}")
+    for f in report.failures():
+        print(f"  - {f}")
+    if not report.passed:
+        print("  (thresholds: " + ", ".join(f"{k}={v}" for k, v in vars(report.thresholds).items()) + ")")
+    return report.passed

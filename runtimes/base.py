@@ -1,0 +1,105 @@
+"""The one interface every runtime adapter implements.
+
+An adapter only has to run the deployed graph on a batch of canvas images (`infer`);
+input checks, letterboxing, batching and mapping boxes back to the original image are
+shared here, in numpy, identical for every runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .image import Letterbox, boxes_to_image, letterbox, to_rgb_uint8
+from .meta import ModelMeta
+
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
+
+
+class ModelLoadError(RuntimeError):
+    """An artifact that cannot be loaded; the message is one line naming the file."""
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in original-image pixels (x1, y1, x2, y2)."""
+
+    boxes: np.ndarray  # [n, 4] float32
+    scores: np.ndarray  # [n] float32
+    labels: np.ndarray  # [n] int64, model labels (1..C)
+    names: list[str]  # class name of each detection
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Detector:
+    """Base class: subclasses set `meta`, `batch` (None = any) and implement `infer`."""
+
+    runtime = "base"
+    meta: ModelMeta
+    batch: int | None = None
+    path: Path | None = None
+
+    def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw model call: uint8 [B, H, W, 3] canvas batch -> the four padded outputs as numpy arrays."""
+        raise NotImplementedError
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        return tuple(self.meta.canvas)
+
+    def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
+        """Check, convert and letterbox images into one canvas batch."""
+        h, w = self.canvas
+        batch = np.zeros((len(images), h, w, 3), np.uint8)
+        boxes = [letterbox(to_rgb_uint8(im), (h, w), out=batch[i])[1] for i, im in enumerate(images)]
+        return batch, boxes
+
+    def infer_batched(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
+        """`infer` on any number of images: chunks of the artifact's fixed batch, the last one padded."""
+        if self.batch is None or len(canvas) == self.batch:
+            return self.infer(canvas)
+        parts = []
+        for start in range(0, len(canvas), self.batch):
+            chunk = canvas[start: start + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
+            parts.append({k: v[:n] for k, v in self.infer(chunk).items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
+
+    def postprocess(self, out: dict[str, np.ndarray], boxes: list[Letterbox], threshold: float | None) -> list[Detections]:
+        result = []
+        for i, lb in enumerate(boxes):
+            n = int(out["num_detections"][i])
+            scores = out["scores"][i, :n].astype(np.float32)
+            boxes = boxes_to_image(out["boxes"][i, :n], lb)
+            # a box wholly in the letterbox padding has no area left in the image: drop it
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if threshold is not None:
+                keep &= scores >= threshold
+            labels = out["labels"][i, :n][keep].astype(np.int64)
+            result.append(Detections(
+                boxes=boxes[keep], scores=scores[keep], labels=labels,
+                names=[self.meta.class_names[l] if 0 <= l < len(self.meta.class_names) else str(l) for l in labels]))
+        return result
+
+    def __call__(self, images, threshold: float | None = None):
+        """Detect objects in one RGB image (H x W x 3 array) or a list/batch of them.
+
+        Returns Detections (one image) or a list of Detections, in original-image pixels.
+        Grayscale, RGBA, 16-bit and float [0, 1] images are converted; anything else
+        raises runtimes.image.ImageError with one clear line.
+        """
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
+        batch = [images] if single else list(images)
+        if not batch:
+            return []
+        canvas, boxes = self.prepare(batch)
+        dets = self.postprocess(self.infer_batched(canvas), boxes, threshold)
+        return dets[0] if single else dets
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path}, canvas={self.canvas}, batch={self.batch})"

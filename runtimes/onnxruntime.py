@@ -1,0 +1,80 @@
+"""ONNX Runtime adapter: CPU, and the CUDA execution provider when present. Imports no torch.
+
+A TensorRT-flavoured graph (plugin nodes in the frcnn.trt domain) runs here too, through
+the reference implementations of the plugin ops in plugins.reference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import OUTPUT_NAMES, Detector, ModelLoadError
+from .meta import META_KEY, ModelMeta
+
+PLUGIN_DOMAIN = "frcnn.trt"
+
+
+def _providers(device: str) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise ModelLoadError(f"device {device!r}: this onnxruntime has no CUDA execution provider "
+                                 "(pip install onnxruntime-gpu)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    raise ModelLoadError(f"unknown device {device!r} for onnxruntime (use cpu, cuda or cuda:N)")
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
+
+
+class OnnxRuntimeDetector(Detector):
+    runtime = "onnxruntime"
+
+    def __init__(self, path, device: str = "cpu", threads: int | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.device = device
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.path}: no such model file")
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as e:  # protobuf raises several types on garbage
+            raise ModelLoadError(f"{self.path}: not a valid ONNX file ({type(e).__name__})") from None
+        props = {p.key: p.value for p in model.metadata_props}
+        if META_KEY not in props:
+            raise ModelLoadError(f"{self.path}: no frcnn-deploy metadata (export it with python -m exporters.onnx)")
+        self.meta = ModelMeta.from_json(props[META_KEY])
+        self.flavor = "trt" if any(o.domain == PLUGIN_DOMAIN for o in model.opset_import) else "onnx"
+        providers, so = _providers(device), session_options(threads)
+        try:
+            if self.flavor == "trt":
+                from plugins.reference import reference_session
+
+                self.session = reference_session(model, providers=providers, sess_options=so)
+            else:
+                self.session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"{self.path}: onnxruntime cannot load the model ({first})") from None
+        shape = self.session.get_inputs()[0].shape
+        self.batch = shape[0] if isinstance(shape[0], int) else None
+
+    def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.session.run(list(OUTPUT_NAMES), {"images": np.ascontiguousarray(canvas, np.uint8)})
+        return dict(zip(OUTPUT_NAMES, out))

@@ -1,0 +1,61 @@
+"""PyTorch adapter: a checkpoint run as the eager deploy graph (the reference every export is
+checked against), or with `reference=True` as torchvision's own eager forward."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import OUTPUT_NAMES, Detector
+
+
+class TorchDetector(Detector):
+    runtime = "torch"
+
+    def __init__(self, path, device: str = "cpu", reference: bool = False, threads: int | None = None,
+                 model=None, meta=None):
+        import torch
+
+        from exporters.deploy import DeployFasterRCNN
+        from trainer.checkpoint import load_any
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = Path(path) if path is not None else None
+        self.device = device
+        if model is None:
+            model, meta = load_any(path, device=device)
+        self.meta = meta
+        self.model = model.to(device).eval()
+        self.reference = reference
+        if reference:
+            self.runtime = "torchvision"
+        else:
+            self.deploy = DeployFasterRCNN(self.model, meta).eval()
+
+    def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(canvas, np.uint8)).to(self.device)
+        with torch.inference_mode():
+            out = self._torchvision(x) if self.reference else self.deploy(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return {k: v.cpu().numpy() for k, v in zip(OUTPUT_NAMES, out)}
+
+    def _torchvision(self, x):
+        """torchvision's eager forward, padded to the deployed-model contract."""
+        import torch
+
+        from trainer.models import canvas_forward
+
+        k = self.meta.detections_per_img
+        b = x.shape[0]
+        count = torch.zeros(b, dtype=torch.int32)
+        boxes, scores = torch.zeros(b, k, 4), torch.zeros(b, k)
+        labels = torch.zeros(b, k, dtype=torch.int32)
+        for i, det in enumerate(canvas_forward(self.model, x)):
+            n = len(det["scores"])
+            count[i] = n
+            boxes[i, :n], scores[i, :n], labels[i, :n] = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        return count, boxes, scores, labels
