@@ -27,7 +27,9 @@ def load_source(checkpoint: str, arch: str | None = None, canvas: tuple[int, int
     return model, meta
 
 
-def add_verify_args(p: argparse.ArgumentParser, map_diff: float = Thresholds.max_map_diff) -> None:
+def add_verify_args(p: argparse.ArgumentParser, map_diff: float | None = Thresholds.max_map_diff,
+                    map_diff_help: str | None = None) -> None:
+    """Parity options; map_diff None lets the command pick the default after parsing (say how in map_diff_help)."""
     g = p.add_argument_group("parity check against PyTorch")
     g.add_argument("--no-verify", action="store_true", help="skip the parity check")
     g.add_argument("--parity-images", type=int, default=16, help="images to compare (default 16)")
@@ -38,7 +40,7 @@ def add_verify_args(p: argparse.ArgumentParser, map_diff: float = Thresholds.max
     g.add_argument("--max-score-diff", type=float, default=Thresholds.max_score,
                    help=f"largest score deviation (default {Thresholds.max_score})")
     g.add_argument("--max-map-diff", type=float, default=map_diff,
-                   help=f"largest mAP difference (default {map_diff})")
+                   help=map_diff_help or f"largest mAP difference (default {map_diff})")
 
 
 def thresholds_from(a: argparse.Namespace) -> Thresholds:

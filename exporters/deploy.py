@@ -77,7 +77,8 @@ class DeployFasterRCNN(nn.Module):
 
         # RoIAlign levels and scales as MultiScaleRoIAlign infers them for this canvas.
         pool: MultiScaleRoIAlign = model.roi_heads.box_roi_pool
-        self.pool_levels = [list(named).index(n) for n in pool.featmap_names]
+        # like MultiScaleRoIAlign, pool from those named levels the backbone has (MobileNet: two)
+        self.pool_levels = [i for i, n in enumerate(named) if n in pool.featmap_names]
         scales = [2.0 ** round(math.log2(feats[i].shape[-2] / h)) for i in self.pool_levels]
         self.roi_align_args = dict(
             pooled_size=int(pool.output_size[0]), sampling_ratio=int(pool.sampling_ratio), spatial_scales=scales,

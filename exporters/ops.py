@@ -168,7 +168,9 @@ def _register_plugin_schemas() -> None:
         attributes=[A("iou_threshold", T.FLOAT), A("score_threshold", T.FLOAT), A("max_output_boxes", T.INT)]))
     defs.register_schema(defs.OpSchema(
         ROI_ALIGN_PLUGIN, PLUGIN_DOMAIN, 1, "torchvision MultiScaleRoIAlign over FPN levels.",
-        inputs=[P("rois", "tensor(float)"), P("features", "T", param_option=variadic)],
+        # one variadic input (rois, *features): torch's exporter hands a variadic parameter
+        # every positional argument, so a separate leading `rois` input would be duplicated
+        inputs=[P("rois_and_features", "T", param_option=variadic, is_homogeneous=False)],
         outputs=[P("pooled", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "feature type")],
         attributes=[A("pooled_size", T.INT), A("sampling_ratio", T.INT), A("aligned", T.INT),

@@ -13,7 +13,7 @@ class TorchDetector(Detector):
     runtime = "torch"
 
     def __init__(self, path, device: str = "cpu", reference: bool = False, threads: int | None = None,
-                 model=None, meta=None):
+                 model=None, meta=None, arch: str | None = None):
         import torch
 
         from exporters.deploy import DeployFasterRCNN
@@ -24,7 +24,7 @@ class TorchDetector(Detector):
         self.path = Path(path) if path is not None else None
         self.device = device
         if model is None:
-            model, meta = load_any(path, device=device)
+            model, meta = load_any(path, device=device, arch=arch)
         self.meta = meta
         self.model = model.to(device).eval()
         self.reference = reference
