@@ -47,9 +47,12 @@ def _pad_to(x: Tensor, k: int, value=0) -> Tensor:
 
 
 class DeployFasterRCNN(nn.Module):
-    def __init__(self, model: FasterRCNN, meta: ModelMeta):
+    def __init__(self, model: FasterRCNN, meta: ModelMeta, half: bool = False):
         super().__init__()
         model = model.eval()
+        # half: the networks run in fp16 while anchors, box decoding, NMS inputs and RoI
+        # coordinates stay fp32 (the mixed-precision graph TensorRT 11 builds strongly typed)
+        self.fp16 = half
         self.meta = meta
         self.canvas = tuple(meta.canvas)
         self.backbone = model.backbone
@@ -74,6 +77,12 @@ class DeployFasterRCNN(nn.Module):
             anchors = model.rpn.anchor_generator(ImageList(blank, [(h, w)]), feats)[0]
         self.num_anchors = [f.shape[-2] * f.shape[-1] * self.rpn_head.cls_logits.out_channels for f in feats]
         self.register_buffer("anchors", anchors, persistent=False)
+        if half:
+            import copy
+
+            # copies: the caller's fp32 model stays as it is
+            for name in ("backbone", "rpn_head", "box_head", "box_predictor"):
+                setattr(self, name, copy.deepcopy(getattr(self, name)).half())
 
         # RoIAlign levels and scales as MultiScaleRoIAlign infers them for this canvas.
         pool: MultiScaleRoIAlign = model.roi_heads.box_roi_pool
@@ -88,7 +97,8 @@ class DeployFasterRCNN(nn.Module):
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W], as torchvision's transform computes it."""
         x = images.permute(0, 3, 1, 2).to(torch.float32).div(255)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.half() if self.fp16 else x
 
     def clip(self, boxes: Tensor) -> Tensor:
         h, w = self.canvas
@@ -104,6 +114,7 @@ class DeployFasterRCNN(nn.Module):
         """RPN: per-level top-k, decode, clip, small-box removal, per-level NMS -> [B, P, 4] and count [B]."""
         meta = self.meta
         logits, deltas = self.rpn_head(feats)
+        logits, deltas = [t.float() for t in logits], [t.float() for t in deltas]
         b = feats[0].shape[0]
         boxes, scores, levels = [], [], []
         offset = 0
@@ -136,6 +147,7 @@ class DeployFasterRCNN(nn.Module):
         b, p = proposals.shape[:2]
         pooled = ops.multilevel_roi_align(proposals, [feats[i] for i in self.pool_levels], **self.roi_align_args)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled.flatten(0, 1)))
+        class_logits, box_regression = class_logits.float(), box_regression.float()
         nc = class_logits.shape[-1]
         boxes = self.box_coder.decode_single(box_regression, proposals.reshape(-1, 4))
         boxes = self.clip(boxes.reshape(b, p, nc, 4))[:, :, 1:]  # drop the background column

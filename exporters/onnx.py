@@ -28,14 +28,17 @@ MAX_IR_VERSION = 10  # onnxruntime >= 1.20 and OpenVINO read it; onnx 1.23 would
 
 
 def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor: str = "onnx",
-                opset: int = 18) -> Path:
-    """Write the deploy graph of `model` as ONNX with `meta` inside; batch None = dynamic."""
+                opset: int = 18, half: bool = False) -> Path:
+    """Write the deploy graph of `model` as ONNX with `meta` inside; batch None = dynamic.
+
+    half: mixed precision, the networks in fp16 and box math in fp32 (for TensorRT fp16).
+    """
     import torch
 
     from .deploy import DeployFasterRCNN
     from .ops import translation_table
 
-    deploy = DeployFasterRCNN(model, meta).eval()
+    deploy = DeployFasterRCNN(model, meta, half=half).eval()
     h, w = meta.canvas
     # torch.export specialises a dimension of size 1, so a dynamic batch is traced with 2
     example = torch.zeros(2 if batch is None else batch, h, w, 3, dtype=torch.uint8)
@@ -50,7 +53,8 @@ def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor
             opset_version=opset, dynamic_shapes=dynamic, verbose=False)
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    meta.export = dict(meta.export, format="onnx", flavor=flavor, batch=batch, opset=opset)
+    meta.export = dict(meta.export, format="onnx", flavor=flavor, batch=batch, opset=opset,
+                       precision="mixed-fp16" if half else "fp32")
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {META_KEY: meta.to_json()})
     onnx.save(proto, str(out))

@@ -26,6 +26,7 @@ def sample_images(meta: ModelMeta, n: int):
             return [s.image for s in samples], gt, [s.image_id for s in samples], f"{val.name} ({len(samples)} images)"
         except Exception as e:  # unreadable here: fall back to synthetic images
             print(f"note: dataset {spec!r} not readable here ({str(e).splitlines()[0]}); using synthetic images")
+    n = min(n, 32)
     return [render(7, i)[0] for i in range(n)], None, None, f"synthetic shapes ({n} images)"
 
 

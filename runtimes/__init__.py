@@ -15,6 +15,48 @@ from .image import ImageError
 from .meta import ModelMeta
 
 RUNTIMES = ("torch", "torchvision", "onnxruntime", "openvino", "tensorrt")
+_NEEDS = {  # runtime -> (modules it imports, how to install them)
+    "torch": (("torch", "torchvision"), "pip install frcnn-deploy"),
+    "torchvision": (("torch", "torchvision"), "pip install frcnn-deploy"),
+    "onnxruntime": (("onnxruntime",), "pip install onnxruntime"),
+    "openvino": (("openvino",), "pip install openvino"),
+    "tensorrt": (("tensorrt", "pycuda.driver"), "pip install tensorrt pycuda, on a machine with an NVIDIA GPU"),
+}
+
+
+def unavailable(runtime: str, device: str = "cpu") -> str | None:
+    """Why `runtime` cannot run on `device` on this machine (one line), or None when it can."""
+    import importlib
+
+    if runtime not in _NEEDS:
+        return f"unknown runtime {runtime!r}"
+    modules, install = _NEEDS[runtime]
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a broken install raises more than ImportError
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{name.split('.')[0]} not importable ({first}); {install}"
+    gpu = device.startswith("cuda")
+    if runtime in ("torch", "torchvision") and gpu:
+        import torch
+
+        return None if torch.cuda.is_available() else "no CUDA GPU visible to torch"
+    if runtime == "onnxruntime" and gpu:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)"
+    if runtime == "tensorrt":
+        import pycuda.driver as cuda
+
+        try:
+            cuda.init()
+            if cuda.Device.count() == 0:
+                return "no CUDA GPU"
+        except cuda.Error as e:
+            return f"no usable CUDA GPU ({(str(e).splitlines() or ['cuInit failed'])[0]})"
+    return None
 
 
 def runtime_for(path) -> str:
@@ -57,4 +99,5 @@ def load(path, device: str = "cpu", runtime: str | None = None, **options) -> De
     raise ModelLoadError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
-__all__ = ["Detections", "Detector", "ImageError", "ModelLoadError", "ModelMeta", "RUNTIMES", "load", "runtime_for"]
+__all__ = ["Detections", "Detector", "ImageError", "ModelLoadError", "ModelMeta", "RUNTIMES", "load", "runtime_for",
+           "unavailable"]

@@ -1,0 +1,360 @@
+#!/usr/bin/env python
+"""Benchmark every runtime on this machine: COCO mAP, parity and ms per image.
+
+    python benchmarks/run.py                                  # train/reuse the default tiny model, all runtimes
+    python benchmarks/run.py --model runs/my-run --runtime onnxruntime,openvino
+    python benchmarks/run.py --model random:resnet50_fpn --eval-images 0 --iters 5   # R50 speed only
+
+With no --model, the default tiny model is trained on the built-in shapes data (or reused
+from runs/default-tiny). Each runtime gets its artifact exported from the checkpoint, then:
+status, artifact size, COCO mAP/AP50 (pycocotools, detections saved as COCO JSON), parity
+against the PyTorch deploy graph, model-only and end-to-end latency p50/p90/p99 (warm-up,
+runtimes alternating in rounds), throughput, peak memory and start-up time (each in a fresh
+process). Writes results.json (with hardware and versions), report.md and a latency-vs-mAP
+plot; exits 1 when a runtime's mAP falls below the reference by more than --max-map-drop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import report, system, timing  # noqa: E402
+
+DEFAULT_RUN = Path("runs/default-tiny")
+ALL = ("torch", "onnxruntime", "openvino", "tensorrt")
+THREADED = ("torch", "torchvision", "onnxruntime", "openvino")
+PROBE = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np, runtimes
+path, runtime, device, threads, batch = sys.argv[1:6]
+opts = {"threads": int(threads)} if int(threads) else {}
+det = runtimes.load(path, device=device, runtime=runtime, **opts)
+h, w = det.canvas
+det.infer_batched(np.zeros((int(batch), h, w, 3), np.uint8))
+startup = time.perf_counter() - t0
+try:  # VmHWM is this process's own peak; ru_maxrss would include the parent's from before exec
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"startup_s": startup, "peak_mb": peak / 1024}))
+"""
+
+
+@dataclass
+class Row:
+    name: str  # what the table shows
+    runtime: str  # runtimes.load's runtime
+    precision: str = "fp32"
+    artifact: Path | None = None
+    status: str = "ok"
+    detector: object = None
+    result: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.precision}"
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# ------------------------------------------------------------------ model and artifacts
+def default_model() -> Path:
+    """The default tiny shapes model: reused when trained before, trained now otherwise."""
+    if (DEFAULT_RUN / "model.safetensors").exists():
+        print(f"using the cached default model {DEFAULT_RUN} (delete it to retrain)")
+        return DEFAULT_RUN
+    print(f"no model given: training the default tiny model on shapes into {DEFAULT_RUN} ...", flush=True)
+    cmd = [sys.executable, "-m", "trainer", "--data", "shapes", "--arch", "tiny", "--out", str(DEFAULT_RUN)]
+    if subprocess.run(cmd, cwd=os.getcwd()).returncode != 0:
+        fail("training the default model failed (see above)")
+    return DEFAULT_RUN
+
+
+def random_model(arch: str, work: Path) -> Path:
+    """A randomly initialised model with COCO's classes, for speed measurements."""
+    import torch
+    from torchvision.models._meta import _COCO_CATEGORIES
+
+    from trainer.checkpoint import save_checkpoint
+    from trainer.models import ARCHS, build_model, default_meta
+
+    if arch not in ARCHS:
+        fail(f"unknown architecture {arch!r} in random:ARCH; choose from {', '.join(ARCHS)}")
+    path = work / f"random-{arch}" / "model.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        meta = default_meta(arch, list(_COCO_CATEGORIES), provenance={"weights": "random"})
+        save_checkpoint(path, build_model(meta).eval(), meta)
+    return path
+
+
+def plan(wanted: list[str], device: str) -> list[Row]:
+    """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
+    graph (the parity reference), then each requested runtime and precision."""
+    import runtimes
+
+    rows = [Row("torchvision", "torchvision"), Row("torch", "torch")]
+    if "onnxruntime" in wanted:
+        rows.append(Row("onnxruntime", "onnxruntime"))
+    if "openvino" in wanted:
+        rows += [Row("openvino", "openvino"), Row("openvino", "openvino", "fp16-weights")]
+    if "tensorrt" in wanted:
+        rows.append(Row("tensorrt", "tensorrt", "fp16"))
+    for row in rows:
+        reason = runtimes.unavailable(row.runtime, device)
+        if reason:
+            row.status = f"not available: {reason}"
+    return rows
+
+
+def export_all(rows: list[Row], checkpoint: Path, work: Path, batch: int, device: str) -> None:
+    """Write each row's artifact into `work` (reused when newer than the checkpoint)."""
+    from exporters.cli import load_source
+
+    model, meta = load_source(str(checkpoint))
+    ckpt_time = Path(checkpoint if Path(checkpoint).is_file() else Path(checkpoint) / "model.safetensors").stat().st_mtime
+    fresh = lambda p: p.exists() and p.stat().st_mtime >= ckpt_time
+    onnx_path = work / f"model.b{batch}.onnx"
+    for row in rows:
+        if row.status != "ok":
+            continue
+        if row.runtime in ("torch", "torchvision"):
+            row.artifact = Path(checkpoint)
+            continue
+        t0 = time.perf_counter()
+        try:
+            if row.runtime in ("onnxruntime", "openvino") and not fresh(onnx_path):
+                from exporters.onnx import export_onnx
+
+                print(f"exporting ONNX -> {onnx_path} ...", flush=True)
+                export_onnx(model, meta, onnx_path, batch=batch)
+            if row.runtime == "onnxruntime":
+                row.artifact = onnx_path
+            elif row.runtime == "openvino":
+                from exporters.openvino import convert
+
+                xml = work / f"openvino-{row.precision}" / "model.xml"
+                if not fresh(xml):
+                    print(f"converting to OpenVINO IR ({row.precision}) -> {xml} ...", flush=True)
+                    convert(onnx_path, xml, fp16_weights=row.precision == "fp16-weights")
+                row.artifact = xml
+            elif row.runtime == "tensorrt":
+                from exporters.trt import build_from_checkpoint
+
+                engine = work / f"model.{row.precision}.engine"
+                if not fresh(engine):
+                    print(f"building TensorRT engine ({row.precision}) -> {engine} ...", flush=True)
+                    build_from_checkpoint(model, meta, engine, fp16=row.precision == "fp16", batch=batch)
+                row.artifact = engine
+        except Exception as e:
+            row.status = f"export failed: {first_line(e)}"
+            continue
+        row.result["export_s"] = time.perf_counter() - t0
+
+
+def artifact_mb(path: Path) -> float:
+    files = [path] if path.is_file() else []
+    if path.suffix == ".xml":
+        files.append(path.with_suffix(".bin"))
+    if path.is_dir():
+        files = [path / "model.safetensors"]
+    return sum(f.stat().st_size for f in files if f.exists()) / 2**20
+
+
+# ------------------------------------------------------------------ measurements
+def probe(row: Row, device: str, threads: int, batch: int) -> None:
+    """Start-up time (imports + load + first inference) and peak RSS, in a fresh process."""
+    cmd = [sys.executable, "-c", PROBE, str(row.artifact), row.runtime, device,
+           str(threads if row.runtime in THREADED else 0), str(batch)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    if r.returncode != 0:
+        row.status = f"load failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
+        return
+    row.result.update(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path, tolerances) -> None:
+    """Detections of every row on the evaluation images -> COCO JSON, mAP, parity vs the deploy graph."""
+    from tqdm import tqdm
+
+    from runtimes.coco import evaluate, to_coco_results
+    from runtimes.parity import compare
+
+    dets = {}
+    for row in rows:
+        found = []
+        for start in tqdm(range(0, len(images), batch), desc=f"accuracy {row.key}", unit="batch", leave=False):
+            found += row.detector(images[start: start + batch])
+        dets[row.key] = found
+        results = [r for i, d in zip(ids, found) for r in to_coco_results(i, d.boxes, d.scores, d.labels,
+                                                                            meta.category_ids)]
+        path = out / f"detections_{row.key}.json"
+        path.write_text(json.dumps(results))
+        stats = evaluate(gt, results)
+        row.result.update(map=stats["AP@[.5:.95]"], ap50=stats["AP@.5"], detections_file=path.name)
+    ref = next((r for r in rows if r.runtime == "torch"), None)
+    for row in rows:
+        if ref is None or row is ref:
+            continue
+        rep = compare(dets[ref.key], dets[row.key], tolerances(row.precision), gt=gt, image_ids=ids,
+                      category_ids=meta.category_ids)
+        row.result["parity"] = rep.to_dict()
+        if not rep.passed and row.status == "ok":
+            row.status = "parity failed: " + "; ".join(rep.failures())
+
+
+def latency(rows: list[Row], images, batch: int, warmup: int, iters: int | None, seconds: float | None) -> None:
+    """Model-only (canvas batch in -> padded outputs) and end-to-end (images -> boxes in image pixels)."""
+    sample = [images[i % len(images)] for i in range(batch)]
+    canvases = {row.key: row.detector.prepare(sample)[0] for row in rows}
+    model_calls = {row.key: (lambda r=row: r.detector.infer_batched(canvases[r.key])) for row in rows}
+    e2e_calls = {row.key: (lambda r=row: r.detector(sample)) for row in rows}
+    for kind, calls in (("latency_model", model_calls), ("latency_e2e", e2e_calls)):
+        times = timing.interleaved(calls, warmup, iters, seconds, desc=kind.replace("_", " "))
+        for row in rows:
+            row.result[kind] = timing.percentiles(times[row.key])
+    for row in rows:
+        e2e = row.result["latency_e2e"]
+        row.result["throughput"] = batch / (e2e["mean_ms"] / 1000) if e2e else None
+    base = next((r for r in rows if r.runtime == "torchvision"), None)
+    for row in rows:
+        if base is not None:
+            row.result["speedup"] = base.result["latency_e2e"]["p50_ms"] / row.result["latency_e2e"]["p50_ms"]
+
+
+def tolerance_for(args):
+    from runtimes.parity import Thresholds
+
+    def tolerances(precision: str) -> Thresholds:
+        if precision == "fp32":
+            return Thresholds()
+        return Thresholds(min_matched=0.95, max_box_px=4.0, max_score=0.05, max_map_diff=args.fp16_map_diff)
+    return tolerances
+
+
+# ------------------------------------------------------------------ main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="run dir, checkpoint, .pth, or random:ARCH (default: the tiny shapes model)")
+    p.add_argument("--runtime", default="all", help="torch, onnxruntime, openvino, tensorrt, a comma list, or all")
+    p.add_argument("--data", help="evaluation data (default: the checkpoint's dataset, its validation split)")
+    p.add_argument("--eval-images", type=int, help="images for mAP/parity (default: the whole validation split; 0: skip)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for export and timing (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads per runtime (default: all cores)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per runtime first (default 3)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iters", type=int, help="timed rounds (default 20)")
+    g.add_argument("--seconds", type=float, help="time rounds for this long instead of --iters")
+    p.add_argument("--max-map-drop", type=float, default=0.01,
+                   help="exit 1 when a runtime's mAP is below the reference's by more than this (default 0.01)")
+    p.add_argument("--fp16-map-diff", type=float, default=0.005, help="parity mAP tolerance for fp16 rows (default 0.005)")
+    p.add_argument("--out", type=Path, help="results folder (default runs/bench/HOST-TIME)")
+    a = p.parse_args(argv)
+    a.runtimes = list(ALL) if a.runtime == "all" else [r.strip() for r in a.runtime.split(",")]
+    bad = [r for r in a.runtimes if r not in ALL]
+    if bad:
+        p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(ALL)} or all")
+    if a.batch < 1 or a.threads < 1:
+        p.error("--batch and --threads must be at least 1")
+    if a.iters is None and a.seconds is None:
+        a.iters = 20
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    import platform
+
+    out = a.out or Path("runs/bench") / f"{platform.node() or 'host'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    if a.model and a.model.startswith("random:"):
+        checkpoint = random_model(a.model.split(":", 1)[1], Path("runs/bench-models"))
+    elif a.model:
+        if not Path(a.model).exists():
+            fail(f"{a.model}: no such model")
+        checkpoint = Path(a.model)
+    else:
+        checkpoint = default_model()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import runtimes
+    from exporters.cli import load_source
+    from exporters.verify import sample_images
+
+    _, meta = load_source(str(checkpoint))
+    rows = plan(a.runtimes, a.device)
+    export_all(rows, checkpoint, out / "artifacts", a.batch, a.device)
+    live = [r for r in rows if r.status == "ok"]
+    for row in live:
+        row.result["size_mb"] = artifact_mb(row.artifact)
+        probe(row, a.device, a.threads, a.batch)
+    live = [r for r in rows if r.status == "ok"]
+    for row in live:
+        opts = {"threads": a.threads} if row.runtime in THREADED else {}
+        row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **opts)
+
+    if a.data:
+        meta.provenance = dict(meta.provenance, dataset=a.data, val_dataset=None)
+    n_eval = a.eval_images if a.eval_images is not None else 10**9
+    images, gt, ids, source = sample_images(meta, max(n_eval, a.batch))
+    if n_eval and gt is not None:
+        print(f"accuracy on {source}")
+        accuracy(live, images[:n_eval], gt, ids[:n_eval], meta, a.batch, out, tolerance_for(a))
+        (out / "ground_truth.json").write_text(json.dumps(gt))
+    elif n_eval:
+        print(f"no ground truth for {meta.arch}'s classes here: mAP and parity skipped (timing on {source})")
+    print(f"timing {len(live)} runtimes: batch {a.batch}, {a.threads} threads, {a.warmup} warm-up, "
+          f"{a.iters or str(a.seconds) + ' s'} rounds")
+    latency(live, images, a.batch, a.warmup, a.iters, a.seconds)
+
+    settings = dict(model=str(checkpoint), arch=meta.arch, canvas=list(meta.canvas), batch=a.batch, device=a.device,
+                    threads=a.threads, warmup=a.warmup, iters=a.iters, seconds=a.seconds,
+                    eval_images=len(ids[:n_eval]) if (n_eval and gt is not None) else 0)
+    result = dict(system=system.describe(), settings=settings,
+                  rows=[dict(name=r.name, precision=r.precision, runtime=r.runtime, status=r.status,
+                             artifact=str(r.artifact) if r.artifact else None, **r.result) for r in rows])
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    title = f"{meta.arch} {meta.canvas[0]}x{meta.canvas[1]}, batch {a.batch}, {a.device}, {a.threads} threads"
+    (out / "report.md").write_text(report.markdown([result], f"frcnn-deploy benchmark: {title}"))
+    report.plot([result], out / "latency_vs_map.png", title)
+    print()
+    print(report.table(result["rows"]))
+    print(f"\nwrote {out}/results.json, report.md, latency_vs_map.png")
+    return gate(result["rows"], a.max_map_drop)
+
+
+def gate(rows: list[dict], max_drop: float) -> int:
+    ref = next((r for r in rows if r["runtime"] == "torch" and r.get("map") is not None), None)
+    if ref is None:
+        return 0
+    low = [r for r in rows if r.get("map") is not None and r["map"] < ref["map"] - max_drop]
+    for r in low:
+        print(f"GATE: {r['name']} {r['precision']} mAP {r['map']:.4f} is below the reference "
+              f"{ref['map']:.4f} by more than {max_drop}", file=sys.stderr)
+    return 1 if low else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
