@@ -140,12 +140,14 @@ def onnx_multilevel_roi_align(rois, features, pooled_size: int, sampling_ratio: 
     for level, (feat, scale) in enumerate(zip(features, spatial_scales)):
         idx = op.Reshape(op.NonZero(op.Equal(k, op.Constant(value_float=float(first_level + level)))),
                          op.Constant(value_ints=[-1]))
+        # RoiAlign wants one type for features and RoIs: pool in fp32 (a no-op cast for fp32
+        # features) so that fp16 graphs keep RoI coordinates exact, then cast back
         pooled = op.RoiAlign(
-            feat, op.CastLike(op.Gather(flat, idx, axis=0), feat), op.Gather(batch_idx, idx),
+            op.Cast(feat, to=1), op.Gather(flat, idx, axis=0), op.Gather(batch_idx, idx),
             coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
             mode="avg", output_height=pooled_size, output_width=pooled_size,
             sampling_ratio=sampling_ratio, spatial_scale=scale)
-        result = op.ScatterND(result, op.Unsqueeze(idx, op.Constant(value_ints=[1])), pooled)
+        result = op.ScatterND(result, op.Unsqueeze(idx, op.Constant(value_ints=[1])), op.CastLike(pooled, result))
     out = op.Concat(op.Unsqueeze(batch, op.Constant(value_ints=[0])), op.Unsqueeze(per_image, op.Constant(value_ints=[0])),
                     channels, op.Constant(value_ints=[pooled_size, pooled_size]), axis=0)
     return op.Reshape(result, out)

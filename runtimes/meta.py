@@ -73,3 +73,21 @@ class ModelMeta:
     @classmethod
     def from_json(cls, text: str) -> "ModelMeta":
         return cls.from_dict(json.loads(text))
+
+
+def read_onnx_meta(source) -> ModelMeta:
+    """The metadata inside an ONNX model (a path, read without its weights, or a ModelProto).
+    ValueError, one line naming the file, when it is not an ONNX file or carries none."""
+    import onnx
+
+    proto = source
+    if not isinstance(source, onnx.ModelProto):
+        try:
+            proto = onnx.load(str(source), load_external_data=False)
+        except Exception as e:  # protobuf raises several types on garbage
+            raise ValueError(f"{source}: not a valid ONNX file ({type(e).__name__})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in props:
+        where = "the model" if isinstance(source, onnx.ModelProto) else source
+        raise ValueError(f"{where}: no frcnn-deploy metadata (export it with python -m exporters.onnx)")
+    return ModelMeta.from_json(props[META_KEY])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import OUTPUT_NAMES, Detector, ModelLoadError
-from .meta import META_KEY, ModelMeta
+from .meta import read_onnx_meta
 
 PLUGIN_DOMAIN = "frcnn.trt"
 
@@ -56,10 +56,10 @@ class OnnxRuntimeDetector(Detector):
             model = onnx.load(str(self.path))
         except Exception as e:  # protobuf raises several types on garbage
             raise ModelLoadError(f"{self.path}: not a valid ONNX file ({type(e).__name__})") from None
-        props = {p.key: p.value for p in model.metadata_props}
-        if META_KEY not in props:
-            raise ModelLoadError(f"{self.path}: no frcnn-deploy metadata (export it with python -m exporters.onnx)")
-        self.meta = ModelMeta.from_json(props[META_KEY])
+        try:
+            self.meta = read_onnx_meta(model)
+        except ValueError:
+            raise ModelLoadError(f"{self.path}: no frcnn-deploy metadata (export it with python -m exporters.onnx)") from None
         self.flavor = "trt" if any(o.domain == PLUGIN_DOMAIN for o in model.opset_import) else "onnx"
         providers, so = _providers(device), session_options(threads)
         try:
