@@ -101,7 +101,9 @@ def random_model(arch: str, work: Path) -> Path:
     path = work / f"random-{arch}" / "model.safetensors"
     if not path.exists():
         torch.manual_seed(0)
-        meta = default_meta(arch, list(_COCO_CATEGORIES), provenance={"weights": "random"})
+        # the module tree of torchvision's pretrained COCO models: FrozenBatchNorm2d in the backbone
+        meta = default_meta(arch, list(_COCO_CATEGORIES), provenance={"weights": "random"},
+                            arch_kwargs={"frozen_bn": arch != "tiny"})
         save_checkpoint(path, build_model(meta).eval(), meta)
     return path
 
@@ -191,7 +193,7 @@ def probe(row: Row, device: str, threads: int, batch: int) -> None:
     row.result.update(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path, tolerances) -> None:
+def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path) -> None:
     """Detections of every row on the evaluation images -> COCO JSON, mAP, parity vs the deploy graph."""
     from tqdm import tqdm
 
@@ -240,14 +242,11 @@ def latency(rows: list[Row], images, batch: int, warmup: int, iters: int | None,
             row.result["speedup"] = base.result["latency_e2e"]["p50_ms"] / row.result["latency_e2e"]["p50_ms"]
 
 
-def tolerance_for(args):
-    from runtimes.parity import Thresholds
+def tolerances(precision: str):
+    """Parity thresholds of a row: strict for fp32, runtimes.parity.FP16 otherwise."""
+    from runtimes.parity import FP16, Thresholds
 
-    def tolerances(precision: str) -> Thresholds:
-        if precision == "fp32":
-            return Thresholds()
-        return Thresholds(min_matched=0.95, max_box_px=4.0, max_score=0.05, max_map_diff=args.fp16_map_diff)
-    return tolerances
+    return Thresholds() if precision == "fp32" else FP16
 
 
 # ------------------------------------------------------------------ main
@@ -267,7 +266,6 @@ def parse_args(argv):
     g.add_argument("--seconds", type=float, help="time rounds for this long instead of --iters")
     p.add_argument("--max-map-drop", type=float, default=0.01,
                    help="exit 1 when a runtime's mAP is below the reference's by more than this (default 0.01)")
-    p.add_argument("--fp16-map-diff", type=float, default=0.005, help="parity mAP tolerance for fp16 rows (default 0.005)")
     p.add_argument("--out", type=Path, help="results folder (default runs/bench/HOST-TIME)")
     a = p.parse_args(argv)
     a.runtimes = list(ALL) if a.runtime == "all" else [r.strip() for r in a.runtime.split(",")]
@@ -321,7 +319,7 @@ def main(argv=None) -> int:
     images, gt, ids, source = sample_images(meta, max(n_eval, a.batch))
     if n_eval and gt is not None:
         print(f"accuracy on {source}")
-        accuracy(live, images[:n_eval], gt, ids[:n_eval], meta, a.batch, out, tolerance_for(a))
+        accuracy(live, images[:n_eval], gt, ids[:n_eval], meta, a.batch, out)
         (out / "ground_truth.json").write_text(json.dumps(gt))
     elif n_eval:
         print(f"no ground truth for {meta.arch}'s classes here: mAP and parity skipped (timing on {source})")

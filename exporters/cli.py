@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
-from runtimes.parity import Thresholds
+from runtimes.parity import FP16, Thresholds
 
 
 def fail(message: str, code: int = 2):
@@ -27,22 +28,25 @@ def load_source(checkpoint: str, arch: str | None = None, canvas: tuple[int, int
     return model, meta
 
 
-def add_verify_args(p: argparse.ArgumentParser, map_diff: float | None = Thresholds.max_map_diff,
-                    map_diff_help: str | None = None) -> None:
-    """Parity options; map_diff None lets the command pick the default after parsing (say how in map_diff_help)."""
+_OPTIONS = (("--min-matched", "min_matched", "least fraction of detections matched"),
+            ("--max-box-px", "max_box_px", "largest box deviation in pixels"),
+            ("--max-score-diff", "max_score", "largest score deviation"),
+            ("--max-map-diff", "max_map_diff", "largest mAP difference"))
+
+
+def add_verify_args(p: argparse.ArgumentParser, fp16_flag: str | None = None) -> None:
+    """Parity options. Defaults are runtimes.parity.Thresholds, or parity.FP16 when the command's
+    `fp16_flag` is given (see thresholds_from)."""
     g = p.add_argument_group("parity check against PyTorch")
     g.add_argument("--no-verify", action="store_true", help="skip the parity check")
     g.add_argument("--parity-images", type=int, default=16, help="images to compare (default 16)")
-    g.add_argument("--min-matched", type=float, default=Thresholds.min_matched,
-                   help=f"least fraction of detections matched (default {Thresholds.min_matched})")
-    g.add_argument("--max-box-px", type=float, default=Thresholds.max_box_px,
-                   help=f"largest box deviation in pixels (default {Thresholds.max_box_px})")
-    g.add_argument("--max-score-diff", type=float, default=Thresholds.max_score,
-                   help=f"largest score deviation (default {Thresholds.max_score})")
-    g.add_argument("--max-map-diff", type=float, default=map_diff,
-                   help=map_diff_help or f"largest mAP difference (default {map_diff})")
+    for option, field, text in _OPTIONS:
+        default = getattr(Thresholds, field)
+        fp16 = f", {getattr(FP16, field)} with {fp16_flag}" if fp16_flag else ""
+        g.add_argument(option, type=float, dest=field, help=f"{text} (default {default}{fp16})")
 
 
-def thresholds_from(a: argparse.Namespace) -> Thresholds:
-    return Thresholds(min_matched=a.min_matched, max_box_px=a.max_box_px, max_score=a.max_score_diff,
-                      max_map_diff=a.max_map_diff)
+def thresholds_from(a: argparse.Namespace, fp16: bool = False) -> Thresholds:
+    """The thresholds the options ask for, the others from the fp32 or fp16 defaults."""
+    base = FP16 if fp16 else Thresholds()
+    return replace(base, **{f: getattr(a, f) for _, f, _ in _OPTIONS if getattr(a, f, None) is not None})

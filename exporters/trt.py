@@ -41,13 +41,11 @@ from pathlib import Path
 
 from runtimes.base import ModelLoadError
 from runtimes.meta import ModelMeta, read_onnx_meta
-from runtimes.parity import Thresholds
 from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, import_tensorrt, load_plugins,
                                make_logger, sidecar_path, version_tuple)
 
 from .cli import add_verify_args, fail, load_source, thresholds_from
 
-FP16_MAP_DIFF = 0.005  # default mAP tolerance of an fp16 engine
 MISSING = 3  # exit code: something to install or build is missing
 ENGINE_SUFFIXES = (".engine", ".plan")  # runtimes.load recognises these as TensorRT engines
 FLAVOR = {"custom": "trt", "builtin": "onnx"}  # --plugins -> the ONNX flavour it builds from
@@ -330,7 +328,8 @@ def verify_engine(engine: Path, a: argparse.Namespace, model=None, meta: ModelMe
         except ModelLoadError as e:
             fail(f"{e}; compare against PyTorch with --reference-checkpoint, or skip with --no-verify")
         print(f"parity reference: ONNX Runtime on {a.onnx} (--reference-checkpoint compares against PyTorch)")
-    report = verify(test, reference, test.meta, a.parity_images, thresholds_from(a))
+    fp16 = test.meta.export.get("precision") == "fp16"
+    report = verify(test, reference, test.meta, a.parity_images, thresholds_from(a, fp16))
     return print_report(report, str(engine))
 
 
@@ -343,8 +342,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="ONNX written by python -m exporters.onnx (its flavour picks the plugins)")
     p.add_argument("--out", type=Path, required=True, help="engine file to write (.engine or .plan); "
                                                            "its metadata goes to OUT.json")
-    p.add_argument("--fp16", action="store_true", help=f"fp16 engine (default fp32; default mAP tolerance "
-                                                       f"{FP16_MAP_DIFF})")
+    p.add_argument("--fp16", action="store_true", help="fp16 engine (default fp32; looser parity defaults, see below)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, help="fixed batch size (default: 1, or the ONNX's fixed batch)")
     g.add_argument("--max-batch", type=int, help="dynamic batch 1..N (needs a dynamic-batch ONNX with --onnx)")
@@ -360,8 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-checkpoint", help="with --onnx: check parity against this checkpoint in PyTorch "
                                                   "instead of ONNX Runtime")
     p.add_argument("--verbose", action="store_true", help="print TensorRT's info messages")
-    add_verify_args(p, map_diff=None, map_diff_help=f"largest mAP difference (default {Thresholds.max_map_diff}, "
-                                                    f"{FP16_MAP_DIFF} with --fp16)")
+    add_verify_args(p, "--fp16")
     return p.parse_args(argv)
 
 
@@ -399,8 +396,6 @@ def main(argv=None) -> int:
         plan = precision_plan(trt.__version__, a.fp16, onnx_precision, a.strongly_typed)
     except ValueError as e:
         fail(str(e))
-    if a.max_map_diff is None:
-        a.max_map_diff = FP16_MAP_DIFF if plan.precision == "fp16" else Thresholds.max_map_diff
     low, opt, high = profile
     print(f"TensorRT {trt.__version__}: {plan.precision} engine ({plan.typing}ly typed), plugins {plugins}, batch "
           f"{low if low == high else f'{low}..{high} (opt {opt})'}", flush=True)

@@ -8,6 +8,7 @@ each side and their difference. Thresholds are explicit and `check` fails loudly
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,6 +23,13 @@ class Thresholds:
     max_score: float = 0.01  # largest |score difference| of a matched pair
     max_map_diff: float = 0.001  # |mAP@[.5:.95] difference|
     match_iou: float = 0.5  # a pair must overlap at least this much to match
+
+
+# Parity of fp16 artifacts (fp16 weights or fp16 compute): rounding moves scores a little, and
+# where two overlapping boxes nearly tie, NMS may keep the other one, so a matched pair can
+# differ by several pixels (11 px seen on a trained shapes model whose mAP moved by 0.0001).
+# Per-detection deviations are therefore reported, not checked; matched fraction and mAP are.
+FP16 = Thresholds(min_matched=0.95, max_box_px=math.inf, max_score=math.inf, max_map_diff=0.005)
 
 
 @dataclass

@@ -15,8 +15,11 @@ CANVAS = (320, 320)  # R50-FPN at a small canvas keeps the test fast; the graph 
 
 @pytest.fixture(scope="module")
 def r50_pth(tmp_path_factory):
+    from trainer.models import freeze_batchnorm
+
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    freeze_batchnorm(model.backbone.body)  # the layout of torchvision's pretrained COCO weights
     with torch.no_grad():  # random weights score every class ~1/91: lift one class above the threshold
         model.roi_heads.box_predictor.cls_score.bias[18] = 4.0
     path = tmp_path_factory.mktemp("pth") / "fasterrcnn_resnet50_fpn.pth"
@@ -26,7 +29,7 @@ def r50_pth(tmp_path_factory):
 
 def test_import_reads_architecture_and_coco_names(r50_pth):
     model, meta = import_pth(r50_pth)
-    assert meta.arch == "resnet50_fpn" and meta.canvas == (800, 1344)
+    assert meta.arch == "resnet50_fpn" and meta.canvas == (800, 1344) and meta.arch_kwargs == {"frozen_bn": True}
     assert meta.num_classes == 91 and meta.class_names[18] == "dog" and meta.category_id(18) == 18
     state = load_pth(r50_pth)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

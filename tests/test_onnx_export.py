@@ -9,7 +9,6 @@ import onnx
 import pytest
 
 import runtimes
-from runtimes.image import letterbox
 from runtimes.meta import META_KEY, ModelMeta
 
 OUTPUTS = ["num_detections", "boxes", "scores", "labels"]

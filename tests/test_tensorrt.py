@@ -690,7 +690,7 @@ def test_fp32_engine_with_our_plugins_matches_pytorch(tiny_model, plugin_library
 
 @needs_gpu
 def test_fp16_dynamic_engine_reuses_its_buffers(tiny_model, plugin_library, tmp_path):
-    from runtimes.parity import Thresholds
+    from runtimes.parity import FP16, Thresholds
 
     model, meta = tiny_model
     engine = trt_export.build_from_checkpoint(model, meta, tmp_path / "fp16.engine", fp16=True, max_batch=4)
@@ -705,7 +705,7 @@ def test_fp16_dynamic_engine_reuses_its_buffers(tiny_model, plugin_library, tmp_
     assert det._capacity == 4 and out["scores"].shape[0] == 6
     # fp16 tolerances are a first guess: not yet measured on a GPU
     report = _parity(det, model, meta, Thresholds(min_matched=0.9, max_box_px=2.0, max_score=0.02,
-                                                  max_map_diff=trt_export.FP16_MAP_DIFF))
+                                                  max_map_diff=FP16.max_map_diff))
     assert report.passed, report.summary()
 
 

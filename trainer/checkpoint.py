@@ -144,7 +144,11 @@ def import_pth(path: str | os.PathLike, arch: str | None = None, class_names: li
     if class_names is None:
         class_names = list(_COCO_CATEGORIES) if n == len(_COCO_CATEGORIES) else \
             ["__background__"] + [f"class_{i}" for i in range(1, n)]
-    meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name})
+    # torchvision's pretrained weights come from models whose backbone uses FrozenBatchNorm2d,
+    # which has no num_batches_tracked: rebuild that same module tree
+    frozen = not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state)
+    meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name},
+                        arch_kwargs={"frozen_bn": True} if frozen else {})
     model = build_model(meta)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # torchvision's pretrained weights use FrozenBatchNorm2d, which has no num_batches_tracked
@@ -160,3 +164,101 @@ def load_any(path: str | os.PathLike, device: str = "cpu", arch: str | None = No
         model, meta = import_pth(path, arch)
         return model.to(device), meta
     return load_checkpoint(path, device)
+
+
+# ---- training state for --resume: tensors in safetensors, everything else in JSON ----
+
+RESUME_POINTER = "resume.json"
+STATE_FORMAT = "frcnn-deploy-train/1"
+
+
+def save_train_state(run_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], state: dict) -> Path:
+    """Write state/step-*.safetensors, then resume.json pointing at it (the commit point).
+
+    A run killed at any moment leaves resume.json naming a complete tensors file: the new
+    tensors are fully on disk before the pointer is renamed over the old one, and the old
+    tensors file is removed only after that.
+    """
+    run_dir = Path(run_dir)
+    name = f"state/step-{state['progress']['step']:09d}-{uuid.uuid4().hex[:6]}.safetensors"
+    save_tensors(run_dir / name, tensors)
+    atomic_write_text(run_dir / RESUME_POINTER, json.dumps({**state, "format": STATE_FORMAT, "tensors": name}))
+    for old in (run_dir / "state").glob("step-*.safetensors"):
+        if old.name != Path(name).name:
+            old.unlink(missing_ok=True)
+    return run_dir / RESUME_POINTER
+
+
+def load_train_state(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(the JSON state, its tensors) of the last committed training-state checkpoint. Never unpickles."""
+    pointer = Path(run_dir) / RESUME_POINTER
+    if not pointer.exists():
+        raise CheckpointError(f"{run_dir}: no training state to resume (no {RESUME_POINTER})")
+    try:
+        state = json.loads(pointer.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{pointer}: unreadable ({e})") from None
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{pointer}: not a frcnn-deploy training state (format={state.get('format')!r})")
+    try:
+        tensors = load_file(str(Path(run_dir) / state["tensors"]))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{pointer}: its tensors file is unreadable ({e})") from None
+    return state, tensors
+
+
+def optimizer_state_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors ("optimizer.<param>.<key>") and JSON."""
+    tensors, per_param = {}, {}
+    for index, values in sd["state"].items():
+        plain = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                plain[key] = value
+        per_param[str(index)] = plain
+    return tensors, {"state": per_param, "param_groups": sd["param_groups"]}
+
+
+def optimizer_state_from_tensors(plain: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """Inverse of optimizer_state_to_tensors."""
+    state = {int(i): dict(v) for i, v in plain["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's torch (CPU and CUDA), numpy and python RNG states as (tensors, JSON)."""
+    import random
+
+    import numpy as np
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss_next = random.getstate()
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+                     "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict) -> None:
+    """Inverse of rng_state."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = plain["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -1,0 +1,150 @@
+"""OpenVINO speed: the IR against torchvision's eager model, side by side in one process.
+
+    flock /tmp/frcnn-cpu.lock python -m benchmarks.openvino_speed --threads 2
+
+Without --checkpoint, a randomly initialised R50-FPN with COCO's classes (800x1344 canvas)
+is saved to --work-dir, exported to ONNX and converted to an fp32 IR once; later runs reuse
+those files. Random weights time the same computation as trained ones up to the number of
+boxes that pass the score threshold (few with random weights), so the figures are for the
+network and the fixed-size post-processing.
+
+Reports, all with --threads threads:
+- end-to-end latency (decoded image in memory -> boxes in original pixels), batch 1, of
+  torchvision's eager forward and of the IR (LATENCY hint, fp32, INFERENCE_PRECISION_HINT f32),
+  alternating in rounds (benchmarks.timing) after warm-up; p50/p90 per image and the p50 ratio;
+- images/s of the latency mode (one request at a time) and of the throughput mode
+  (THROUGHPUT hint, AsyncInferQueue through detect_stream);
+- start-up in a fresh process, import + load + compile and first inference apart, without
+  the compiled-model cache, with an empty cache (compile + write) and with a warm cache.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import timing
+
+STARTUP = """
+import sys, time
+t = time.perf_counter()
+import numpy as np
+from runtimes.openvino import OpenVINODetector
+d = OpenVINODetector(sys.argv[1], threads=int(sys.argv[2]), cache_dir=sys.argv[3] or None)
+loaded = time.perf_counter()
+d.infer(np.zeros((1, *d.canvas, 3), np.uint8))
+print(loaded - t, time.perf_counter() - loaded)
+"""
+
+
+def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
+    """(checkpoint, IR .xml): the given checkpoint or a random R50-FPN, exported once into `work`."""
+    from benchmarks.run import random_model
+    from exporters.cli import load_source
+    from exporters.onnx import export_onnx
+    from exporters.openvino import convert
+
+    checkpoint = Path(checkpoint) if checkpoint else random_model("resnet50_fpn", work)
+    xml, onnx_path = work / "ir" / "model.xml", work / "model.onnx"
+    if not xml.exists() or xml.stat().st_mtime < checkpoint.stat().st_mtime:
+        model, meta = load_source(str(checkpoint))
+        print(f"exporting {meta.arch} {meta.canvas[0]}x{meta.canvas[1]} to ONNX and OpenVINO IR in {work} ...",
+              flush=True)
+        export_onnx(model, meta, onnx_path, batch=1)
+        convert(onnx_path, xml)
+    return checkpoint, xml
+
+
+def startup(xml: Path, threads: int, cache: str) -> dict:
+    """Seconds to import + load + compile, and to run the first inference, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", STARTUP, str(xml), str(threads), cache], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).parents[1])
+    load, first = map(float, out.stdout.strip().splitlines()[-1].split())
+    return {"load_s": load, "first_inference_s": first}
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.openvino_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="checkpoint to time (default: a random R50-FPN, COCO classes, 800x1344)")
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "frcnn-openvino-speed",
+                   help="where the exported files are kept between runs (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
+    p.add_argument("--images", type=int, default=3, help="distinct test images (default 3)")
+    p.add_argument("--rounds", type=int, default=4, help="passes over the images, runtimes alternating (default 4)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed images per runtime first (default 2)")
+    p.add_argument("--stream-images", type=int, default=8, help="images per img/s run (default 8)")
+    p.add_argument("--stream-rounds", type=int, default=2, help="img/s runs per mode, alternating (default 2)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    a = p.parse_args(argv)
+
+    import openvino as ov
+    import torch
+
+    import runtimes
+    from runtimes.openvino import OpenVINODetector
+    from trainer.data.shapes import render
+
+    checkpoint, xml = prepare(a.work_dir, a.checkpoint)
+    # COCO-like photos: 480x640 images, letterboxed onto the canvas by every runtime alike
+    images = [render(3, i, size_range=((480, 481), (640, 641)))[0] for i in range(a.images)]
+    latency = OpenVINODetector(xml, threads=a.threads, cache_dir=None)
+    detectors = {"torchvision": runtimes.load(checkpoint, runtime="torchvision", threads=a.threads),
+                 "openvino": latency}
+    print(f"end to end, batch 1, {a.threads} threads: {a.rounds} rounds x {a.images} images per runtime")
+    # each runtime walks the same images in the same order, one image per call
+    feeds = {name: itertools.cycle(images) for name in detectors}
+    calls = {name: (lambda n=name, d=det: d(next(feeds[n]))) for name, det in detectors.items()}
+    times = timing.interleaved(calls, a.warmup, a.rounds * a.images, desc="end to end")
+    stats = {name: timing.percentiles(ts) for name, ts in times.items()}
+    ratio = stats["torchvision"]["p50_ms"] / stats["openvino"]["p50_ms"]
+
+    stream = [images[i % len(images)] for i in range(a.stream_images)]
+    throughput = OpenVINODetector(xml, mode="throughput", threads=a.threads, cache_dir=None)
+    list(throughput.detect_stream(stream[: throughput.requests]))  # warm-up every request
+    print(f"images/s: latency mode (one request) vs throughput mode, {a.stream_images} images per run")
+    runs = timing.interleaved({"latency": lambda: [latency(im) for im in stream],
+                               "throughput": lambda: list(throughput.detect_stream(stream))},
+                              0, a.stream_rounds, desc="images/s")
+    rates = {f"{mode}_img_s": a.stream_images / statistics.median(ts) for mode, ts in runs.items()}
+    rates.update(throughput_requests=throughput.requests,
+                 throughput_streams=int(throughput.compiled.get_property("NUM_STREAMS")))
+
+    with tempfile.TemporaryDirectory() as cache:
+        starts = {"no_cache": startup(xml, a.threads, ""), "empty_cache": startup(xml, a.threads, cache),
+                  "warm_cache": startup(xml, a.threads, cache)}
+
+    env = {"cpu": cpu_name(), "python": platform.python_version(),
+           "openvino": ov.get_version(), "torch": torch.__version__, "threads": a.threads,
+           "precision": "f32 (INFERENCE_PRECISION_HINT pinned)", "checkpoint": str(checkpoint)}
+    for name, s in stats.items():
+        print(f"  {name:12s} p50 {s['p50_ms']:8.1f} ms   p90 {s['p90_ms']:8.1f} ms   (n={s['n']})")
+    print(f"  openvino is {ratio:.2f}x faster than torchvision at p50")
+    print(f"  openvino latency mode {rates['latency_img_s']:.2f} img/s; throughput mode "
+          f"{rates['throughput_img_s']:.2f} img/s ({rates['throughput_streams']} streams, "
+          f"{rates['throughput_requests']} requests)")
+    print(f"  {env['cpu']}, openvino {env['openvino']}, torch {env['torch']}, {env['precision']}")
+    print("  start-up in a fresh process (import + load + compile / first inference): " + ", ".join(
+        f"{k.replace('_', ' ')} {v['load_s']:.2f} s / {v['first_inference_s']:.2f} s" for k, v in starts.items()))
+    if a.json:
+        a.json.write_text(json.dumps({"end_to_end": stats, "p50_speedup": ratio, **rates, "startup": starts,
+                                      "env": env}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""OpenVINO export: ONNX (or a checkpoint, through exporters.onnx) -> IR model.xml + model.bin, verified.
+
+    python -m exporters.openvino --checkpoint runs/shapes-tiny --out runs/shapes-tiny/openvino
+    python -m exporters.openvino --onnx model.onnx --out ir/ --fp16-weights
+
+Weights stay fp32 unless --fp16-weights (OpenVINO's save_model would compress them to fp16
+by default). The model metadata travels in the IR's rt_info, so `runtimes.load(out)` needs
+nothing else. Parity: the IR through runtimes.load against the PyTorch deploy graph of the
+checkpoint; with --onnx alone, against ONNX Runtime on that ONNX (--reference-checkpoint
+compares against PyTorch instead).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
+
+from .cli import add_verify_args, fail, load_source, thresholds_from
+
+def onnx_meta(onnx_path: Path) -> ModelMeta:
+    """The metadata of a standard-flavour ONNX file (OpenVINO cannot run plugin nodes)."""
+    meta = read_onnx_meta(onnx_path)
+    if meta.export.get("flavor", "onnx") != "onnx":
+        raise ValueError(f"{onnx_path}: a {meta.export['flavor']!r}-flavoured ONNX; OpenVINO needs --flavor onnx")
+    return meta
+
+
+def convert(onnx_path, out, fp16_weights: bool = False, batch: int | None = None) -> Path:
+    """ONNX -> IR at `out` (a folder, or a .xml path). `batch` fixes the batch of a dynamic-batch
+    ONNX (-1 keeps it dynamic); a fixed-batch ONNX keeps its own. Returns the .xml path."""
+    import openvino as ov
+
+    onnx_path = Path(onnx_path)
+    meta = onnx_meta(onnx_path)
+    h, w = meta.canvas
+    model = ov.convert_model(str(onnx_path))
+    dim = model.input(0).get_partial_shape()[0]
+    have = dim.get_length() if dim.is_static else None
+    if batch is not None and batch != (have or -1):
+        if have is not None:
+            # torch.export bakes a fixed batch into reshapes and resizes: it cannot be changed here
+            raise ValueError(f"{onnx_path} has a fixed batch of {have}: re-export it with exporters.onnx "
+                             f"--dynamic-batch or --batch {batch}, or convert from --checkpoint")
+        model.reshape({"images": [batch, h, w, 3]})
+        have = None if batch == -1 else batch
+    meta.export = dict(meta.export, format="openvino", precision="fp16-weights" if fp16_weights else "fp32",
+                       batch=have, source=onnx_path.name, openvino=ov.get_version())
+    model.set_rt_info(meta.to_json(), META_KEY)
+    xml = Path(out) if str(out).endswith(".xml") else Path(out) / "model.xml"
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml), compress_to_fp16=fp16_weights)
+    return xml
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with the parity thresholds' defaults resolved for the chosen precision."""
+    p = argparse.ArgumentParser(prog="python -m exporters.openvino", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--onnx", type=Path, help="standard-flavour ONNX written by python -m exporters.onnx")
+    src.add_argument("--checkpoint", help="run directory, .safetensors or torchvision .pth (exported to ONNX first)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model.xml + model.bin), or a .xml path")
+    p.add_argument("--fp16-weights", action="store_true",
+                   help="store weights as fp16 (half the size; looser parity defaults, see below); default fp32")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch", type=int, help="fixed batch size (default: the ONNX's; 1 from a checkpoint)")
+    g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
+    p.add_argument("--reference-checkpoint",
+                   help="with --onnx: check parity against this checkpoint in PyTorch instead of ONNX Runtime")
+    p.add_argument("--device", default="CPU", help="OpenVINO device for the parity check (default CPU)")
+    add_verify_args(p, "--fp16-weights")
+    a = p.parse_args(argv)
+    if a.batch is not None and a.batch < 1:
+        fail("--batch must be at least 1")
+    if a.reference_checkpoint and not a.onnx:
+        fail("--reference-checkpoint goes with --onnx (with --checkpoint that checkpoint is the reference)")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    batch = -1 if a.dynamic_batch else a.batch
+    model = None
+    with tempfile.TemporaryDirectory(prefix="frcnn-openvino-") as tmp:
+        if a.checkpoint:
+            from .onnx import export_onnx
+
+            model, meta = load_source(a.checkpoint)
+            onnx_path = Path(tmp) / "model.onnx"
+            print(f"exporting {meta.arch} to ONNX (batch {'dynamic' if batch == -1 else batch or 1}) ...", flush=True)
+            export_onnx(model, meta, onnx_path, batch=None if batch == -1 else batch or 1)
+        else:
+            onnx_path = a.onnx
+            if not onnx_path.is_file():
+                fail(f"{onnx_path}: no such file")
+        t0 = time.perf_counter()
+        try:
+            xml = convert(onnx_path, a.out, a.fp16_weights, batch)
+        except ValueError as e:
+            fail(str(e).splitlines()[0])
+        except Exception as e:  # OpenVINO's conversion errors (RuntimeError and frontend failures)
+            from runtimes.openvino import ov_message
+
+            fail(f"OpenVINO cannot convert {onnx_path.name}: {ov_message(e)}")
+    size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
+    print(f"wrote {xml} + .bin ({size:.1f} MiB, {'fp16' if a.fp16_weights else 'fp32'} weights) "
+          f"in {time.perf_counter() - t0:.1f}s")
+    if a.no_verify:
+        return 0
+    return 0 if verify_ir(xml, a, model) else 1
+
+
+def verify_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
+    """Parity of the IR (through runtimes.load) against PyTorch, or against ONNX Runtime on the source ONNX."""
+    import runtimes
+
+    from .verify import print_report, verify
+
+    try:
+        test = runtimes.load(xml, device=a.device)
+    except runtimes.ModelLoadError as e:
+        fail(str(e))
+    meta = test.meta
+    if model is None and a.reference_checkpoint:
+        model, meta = load_source(a.reference_checkpoint)
+    if model is not None:
+        from runtimes.torch import TorchDetector
+
+        reference = TorchDetector(None, model=model, meta=meta)
+        print("parity reference: the PyTorch deploy graph of the checkpoint")
+    else:
+        reference = runtimes.load(a.onnx, runtime="onnxruntime")
+        print(f"parity reference: ONNX Runtime on {a.onnx} (no checkpoint given; --reference-checkpoint "
+              "compares against PyTorch)")
+    report = verify(test, reference, meta, a.parity_images, thresholds_from(a, a.fp16_weights))
+    return print_report(report, str(xml))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""OpenVINO adapter: an IR (model.xml + model.bin) on CPU, GPU, NPU or AUTO/HETERO/MULTI. Imports no torch.
+
+    det = OpenVINODetector("runs/shapes-tiny/openvino")          # LATENCY hint, batch 1
+    det = OpenVINODetector("model.xml", mode="throughput")       # streams + AsyncInferQueue
+    for dets in det.detect_stream(images): ...                   # results in input order
+
+Inference precision is pinned (INFERENCE_PRECISION_HINT=f32 by default): CPUs with bf16
+units otherwise run an fp32 IR in bf16, and parity against PyTorch would measure that
+instead of the export. Compiled models are cached (CACHE_DIR), so a second start imports
+the compiled blob instead of compiling again (on CPU compiling is short; GPUs compile kernels).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .base import OUTPUT_NAMES, Detections, Detector, ModelLoadError
+from .meta import META_KEY, ModelMeta
+
+MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+PRECISIONS = ("f32", "bf16", "f16")
+# device names OpenVINO may know; the ones usable here are those whose plugin loads
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+
+
+@functools.lru_cache(maxsize=None)
+def core():
+    """One ov.Core per process, as OpenVINO recommends: device plugins load once and are shared."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+CACHE_ENV = "FRCNN_OPENVINO_CACHE"  # overrides the default cache folder; empty or "none" disables it
+
+
+def default_cache_dir() -> Path | None:
+    """$FRCNN_OPENVINO_CACHE, else ~/.cache/frcnn-deploy/openvino (XDG_CACHE_HOME respected)."""
+    if CACHE_ENV in os.environ:
+        value = os.environ[CACHE_ENV].strip()
+        return None if value.lower() in ("", "none") else Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "frcnn-deploy" / "openvino"
+
+
+def find_xml(path) -> Path:
+    """The IR's .xml: `path` itself or the one .xml in a folder; its .bin must lie beside it."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.xml"))
+        if len(found) != 1:
+            what = "no .xml" if not found else f"{len(found)} .xml files ({', '.join(f.name for f in found)})"
+            raise ModelLoadError(f"{p}: expected one OpenVINO IR .xml in the folder, found {what}")
+        p = found[0]
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: no such model file")
+    if not p.with_suffix(".bin").is_file():
+        raise ModelLoadError(f"{p}: its weights file {p.with_suffix('.bin').name} is missing")
+    return p
+
+
+def ov_message(error: Exception) -> str:
+    """The useful line of an OpenVINO exception (the rest is 'Exception from src/...' frames)."""
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    useful = [l for l in lines if not l.startswith(("Exception from ", "Check '"))]
+    return (useful or lines or [type(error).__name__])[-1]
+
+
+def read_meta(model, where) -> ModelMeta:
+    """The frcnn-deploy metadata stored in an ov.Model's rt_info by exporters.openvino."""
+    if not model.has_rt_info(META_KEY):
+        raise ModelLoadError(f"{where}: no frcnn-deploy metadata in rt_info (convert it with python -m exporters.openvino)")
+    try:
+        return ModelMeta.from_json(model.get_rt_info(META_KEY).astype(str))
+    except ValueError as e:
+        raise ModelLoadError(f"{where}: unreadable frcnn-deploy metadata ({e})") from None
+
+
+def normalize_device(core, device: str) -> str:
+    """Upper-case `device` (runtimes.load passes "cpu") and check every named device is one OpenVINO knows."""
+    name = device.strip().upper()
+    if name.startswith("CUDA"):
+        raise ModelLoadError(f"OpenVINO does not run on CUDA devices ({device!r}); use CPU, GPU (Intel), NPU or AUTO")
+    head, _, rest = name.partition(":")
+    names = [head] if head not in VIRTUAL_DEVICES else [head] + [d for d in rest.split(",") if d]
+    if head in ("HETERO", "MULTI") and len(names) == 1:
+        raise ModelLoadError(f"OpenVINO device {head} needs a device list, e.g. {head}:GPU,CPU")
+    available = ", ".join(core.available_devices + list(VIRTUAL_DEVICES))
+    for d in names:
+        base = d.split(".")[0]
+        try:
+            known = bool(base) and bool(core.get_versions(base))
+        except RuntimeError as e:  # a known plugin that cannot load here, e.g. GPU without OpenCL
+            raise ModelLoadError(f"OpenVINO device {d} is not usable here ({ov_message(e)}); "
+                                 f"available: {available}") from None
+        if not known:
+            raise ModelLoadError(f"unknown OpenVINO device {device!r} (available here: {available}; "
+                                 "virtual devices take a list, e.g. AUTO:GPU,CPU)")
+    return name
+
+
+class OpenVINODetector(Detector):
+    runtime = "openvino"
+
+    def __init__(self, path, device: str = "CPU", mode: str = "latency", precision: str | None = "f32",
+                 threads: int | None = None, cache_dir="auto", requests: int | None = None):
+        """
+        path:      the IR's .xml, or a folder holding one (its .bin beside it).
+        device:    CPU (default, "cpu" accepted), GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, HETERO:..., MULTI:...
+        mode:      "latency" (one request at a time) or "throughput" (several streams; use
+                   detect_stream / infer_stream to keep them busy).
+        precision: INFERENCE_PRECISION_HINT, "f32" by default so results match PyTorch;
+                   "bf16"/"f16" trade accuracy for speed where the device has them; None = device default.
+        threads:   INFERENCE_NUM_THREADS (CPU); None = OpenVINO's choice.
+        cache_dir: compiled-model cache: "auto" = $FRCNN_OPENVINO_CACHE or ~/.cache/frcnn-deploy/openvino,
+                   a folder, or None to disable. Blobs are never pruned (OpenVINO keeps no index).
+        requests:  infer requests in the stream queue (default: the device's optimal number).
+        """
+        if mode not in MODES:
+            raise ModelLoadError(f"unknown mode {mode!r}; use {' or '.join(MODES)}")
+        if precision is not None and precision not in PRECISIONS:
+            raise ModelLoadError(f"unknown inference precision {precision!r}; use {', '.join(PRECISIONS)} or None")
+        self.path = find_xml(path)
+        self.mode, self.precision, self.threads = mode, precision, threads
+        self.cache_dir = default_cache_dir() if cache_dir == "auto" else (Path(cache_dir) if cache_dir else None)
+        ov_core = core()
+        self.device = normalize_device(ov_core, device)
+        try:
+            model = ov_core.read_model(str(self.path))
+        except Exception as e:  # OpenVINO raises RuntimeError; keep any other parser error one line too
+            raise ModelLoadError(f"{self.path}: not a readable OpenVINO IR ({ov_message(e)})") from None
+        self.meta = read_meta(model, self.path)
+        names = {o.get_any_name() for o in model.outputs}
+        if set(OUTPUT_NAMES) - names or [i.get_any_name() for i in model.inputs] != ["images"]:
+            raise ModelLoadError(f"{self.path}: inputs/outputs are not the deployed-model contract "
+                                 f"(images -> {', '.join(OUTPUT_NAMES)})")
+        dim = model.input(0).get_partial_shape()[0]
+        self.batch = dim.get_length() if dim.is_static else None
+
+        config = {"PERFORMANCE_HINT": MODES[mode]}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if self.cache_dir:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(self.cache_dir)
+        try:
+            # compiled from the ov.Model, not the path: the cache key then hashes the weights too, so
+            # an IR re-exported in place never picks up a stale blob (a path key is the path alone)
+            self.compiled = ov_core.compile_model(model, self.device, config)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{self.path}: OpenVINO cannot compile it for {self.device} ({ov_message(e)}; "
+                                 f"devices available here: {', '.join(ov_core.available_devices)})") from None
+        self.outputs = {name: self.compiled.output(name) for name in OUTPUT_NAMES}
+        self.requests = requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self._request = self.compiled.create_infer_request()
+
+    def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
+        result = self._request.infer({0: np.ascontiguousarray(canvas, np.uint8)})
+        return {name: result[port] for name, port in self.outputs.items()}
+
+    def infer_stream(self, canvases: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Raw outputs of a stream of canvas batches, in input order, keeping `self.requests`
+        requests in flight (OpenVINO's AsyncInferQueue): the throughput mode's way in."""
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        done: dict[int, dict[str, np.ndarray]] = {}
+
+        def collect(request, index):  # runs on an OpenVINO thread; copies before the request is reused
+            done[index] = {name: request.get_tensor(port).data.copy() for name, port in self.outputs.items()}
+
+        queue.set_callback(collect)
+        next_out = 0
+        for index, canvas in enumerate(canvases):
+            queue.start_async({0: np.ascontiguousarray(canvas, np.uint8)}, index)  # waits for a free request
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+        queue.wait_all()
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+
+    def detect_stream(self, images: Iterable[np.ndarray], threshold: float | None = None) -> Iterator[Detections]:
+        """Detections of each image of a stream, in input order (see infer_stream)."""
+        per_request = self.batch or 1
+        pending: deque = deque()  # letterboxes of the batches in flight, oldest first
+
+        def canvases():
+            chunk = []
+            for image in images:
+                chunk.append(image)
+                if len(chunk) == per_request:
+                    yield self._stage(chunk, pending)
+                    chunk = []
+            if chunk:
+                yield self._stage(chunk, pending)
+
+        for out in self.infer_stream(canvases()):
+            boxes = pending.popleft()
+            yield from self.postprocess({k: v[: len(boxes)] for k, v in out.items()}, boxes, threshold)
+
+    def _stage(self, images: list[np.ndarray], pending: deque) -> np.ndarray:
+        canvas, boxes = self.prepare(images)
+        if self.batch and len(images) < self.batch:  # a fixed-batch IR: pad the last batch
+            canvas = np.concatenate([canvas, np.zeros((self.batch - len(images), *canvas.shape[1:]), np.uint8)])
+        pending.append(boxes)
+        return canvas
+
+    def __repr__(self) -> str:
+        return (f"OpenVINODetector({self.path}, device={self.device}, mode={self.mode}, precision={self.precision}, "
+                f"canvas={self.canvas}, batch={self.batch})")

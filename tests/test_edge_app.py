@@ -1,0 +1,116 @@
+"""The edge-app example runs exported models (ONNX, OpenVINO IR) on a video with torch unimportable."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import runtimes
+from runtimes.draw import class_colour
+from trainer.data.shapes import render
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "runtimes" / "examples" / "edge_app.py"
+SIZE, FPS, FRAMES = (240, 240), 6.0, 8
+
+# Runs the app as `python edge_app.py ...` would, after making every import of torch or
+# torchvision fail, the way it fails on an edge device without them.
+NO_TORCH = textwrap.dedent("""
+    import runpy, sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in ("torch", "torchvision"):
+                raise ImportError(f"No module named {name!r} (blocked: the edge app must not need it)")
+
+    sys.meta_path.insert(0, NoTorch())
+    for name in [m for m in sys.modules if m.partition(".")[0] in ("torch", "torchvision")]:
+        del sys.modules[name]
+    app, sys.argv = sys.argv[1], sys.argv[1:]
+    runpy.run_path(app, run_name="__main__")
+""")
+
+
+def run_app(*args, tmp_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-c", NO_TORCH, str(APP), *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("edge") / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    for i in range(FRAMES):
+        writer.write(cv2.resize(cv2.cvtColor(render(21, i)[0], cv2.COLOR_RGB2BGR), SIZE))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def openvino_ir(tiny_onnx_dynamic, tmp_path_factory) -> Path:
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e .[openvino])")
+    from exporters.openvino import convert
+
+    return convert(tiny_onnx_dynamic, tmp_path_factory.mktemp("edge_ir"))
+
+
+def first_frame_threshold(detector, video: Path) -> tuple[float, np.ndarray]:
+    """A threshold that keeps only the best box of the first frame (and that frame)."""
+    ok, frame = cv2.VideoCapture(str(video)).read()
+    scores = np.sort(detector(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).scores)[::-1]
+    assert ok and len(scores) >= 2 and scores[0] - scores[1] > 1e-3
+    return float(scores[0] + scores[1]) / 2, frame
+
+
+def check_output(result, out: Path, detector, frame: np.ndarray, threshold: float) -> None:
+    assert result.returncode == 0, result.stderr
+    assert f"done: {FRAMES} frames" in result.stdout and " fps" in result.stdout
+    assert "cannot open a window" in result.stdout  # --show on headless OpenCV: said once, then on
+    drawn = cv2.VideoCapture(str(out))
+    assert drawn.get(cv2.CAP_PROP_FRAME_COUNT) == FRAMES and drawn.get(cv2.CAP_PROP_FPS) == FPS
+    assert (drawn.get(cv2.CAP_PROP_FRAME_WIDTH), drawn.get(cv2.CAP_PROP_FRAME_HEIGHT)) == SIZE
+    # the first frame's one box is drawn where the model finds it (mp4v is lossy: compare colours)
+    dets = detector(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), threshold=threshold)
+    assert len(dets) == 1
+    x1, y1, x2, y2 = np.clip(np.round(dets.boxes[0]).astype(int), 0, SIZE[0] - 1)
+    assert x2 - x1 >= 8 and y2 - y1 >= 8
+    rows = np.r_[np.full(x2 - x1, y1), np.full(x2 - x1, y2), np.arange(y1, y2), np.arange(y1, y2)]
+    cols = np.r_[np.arange(x1, x2), np.arange(x1, x2), np.full(y2 - y1, x1), np.full(y2 - y1, x2)]
+    colour = np.float32(class_colour(dets.labels[0]))
+    ok, out_frame = drawn.read()
+    err_out = np.abs(out_frame[rows, cols].astype(np.float32) - colour).mean()
+    err_in = np.abs(frame[rows, cols].astype(np.float32) - colour).mean()
+    assert ok and err_out < 40 and err_in > 2 * err_out, (err_out, err_in)
+
+
+@pytest.mark.parametrize("artifact", ["onnx", "openvino"])
+def test_edge_app_runs_without_torch(artifact, request, video, tmp_path):
+    model = request.getfixturevalue("tiny_onnx_dynamic" if artifact == "onnx" else "openvino_ir")
+    # in this process too, keep OpenVINO's compiled-model cache out of the home folder
+    detector = runtimes.load(model, **({"cache_dir": tmp_path / "cache"} if artifact == "openvino" else {}))
+    threshold, frame = first_frame_threshold(detector, video)
+    out = tmp_path / "drawn.mp4"
+    r = run_app("--model", model, "--source", video, "--out", out, "--threshold", threshold, "--show",
+                tmp_path=tmp_path)
+    assert f"{'onnxruntime' if artifact == 'onnx' else 'openvino'} model" in r.stdout
+    check_output(r, out, detector, frame, threshold)
+
+
+def test_blocked_torch_really_fails_to_import(tmp_path):
+    """The wrapper must make torch unimportable, or the two tests above prove nothing."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch\n")
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, str(probe)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "blocked: the edge app must not need it" in r.stderr
+
+
+def test_edge_app_bad_model_is_one_line(video, tmp_path):
+    r = run_app("--model", tmp_path / "missing.onnx", "--source", video, tmp_path=tmp_path)
+    assert r.returncode != 0 and r.stderr.strip() == f"error: {tmp_path / 'missing.onnx'}: no such file or directory"
