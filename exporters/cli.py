@@ -43,7 +43,8 @@ def add_verify_args(p: argparse.ArgumentParser, fp16_flag: str | None = None) ->
     for option, field, text in _OPTIONS:
         default = getattr(Thresholds, field)
         fp16 = f", {getattr(FP16, field)} with {fp16_flag}" if fp16_flag else ""
-        g.add_argument(option, type=float, dest=field, help=f"{text} (default {default}{fp16})")
+        g.add_argument(option, type=float, dest=field, metavar=option[2:].upper().replace("-", "_"),
+                       help=f"{text} (default {default}{fp16})")
 
 
 def thresholds_from(a: argparse.Namespace, fp16: bool = False) -> Thresholds:

@@ -147,13 +147,14 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def parse_canvas(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W), both positive multiples of 32 (an argparse type: bad input is one line)."""
+    """'HxW' (or 'S' for SxS) -> (H, W), both positive multiples of 32; an argparse type."""
     import argparse
+    import re
 
-    h, sep, w = text.lower().partition("x")
-    if not sep or not h.strip().isdigit() or not w.strip().isdigit():
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if not m:
         raise argparse.ArgumentTypeError(f"bad canvas {text!r}: expected HxW, e.g. 256x256")
-    h, w = int(h), int(w)
+    h, w = int(m.group(1)), int(m.group(2) or m.group(1))
     if h <= 0 or w <= 0 or h % 32 or w % 32:
         raise argparse.ArgumentTypeError(f"bad canvas {text!r}: both sides must be positive multiples of 32")
     return h, w
