@@ -118,25 +118,14 @@ def verify_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
     """Parity of the IR (through runtimes.load) against PyTorch, or against ONNX Runtime on the source ONNX."""
     import runtimes
 
-    from .verify import print_report, verify
+    from .verify import pick_reference, print_report, verify
 
     try:
         test = runtimes.load(xml, device=a.device)
     except runtimes.ModelLoadError as e:
         fail(str(e))
-    meta = test.meta
-    if model is None and a.reference_checkpoint:
-        model, meta = load_source(a.reference_checkpoint)
-    if model is not None:
-        from runtimes.torch import TorchDetector
-
-        reference = TorchDetector(None, model=model, meta=meta)
-        print("parity reference: the PyTorch deploy graph of the checkpoint")
-    else:
-        reference = runtimes.load(a.onnx, runtime="onnxruntime")
-        print(f"parity reference: ONNX Runtime on {a.onnx} (no checkpoint given; --reference-checkpoint "
-              "compares against PyTorch)")
-    report = verify(test, reference, meta, a.parity_images, thresholds_from(a, a.fp16_weights))
+    reference = pick_reference(model, test.meta, a.onnx, a.reference_checkpoint)
+    report = verify(test, reference, test.meta, a.parity_images, thresholds_from(a, a.fp16_weights))
     return print_report(report, str(xml))
 
 

@@ -307,27 +307,13 @@ def verify_engine(engine: Path, a: argparse.Namespace, model=None, meta: ModelMe
     """Parity of the engine (through runtimes.tensorrt) against PyTorch, or ONNX Runtime on --onnx."""
     from runtimes.tensorrt import TensorRTDetector
 
-    from .verify import print_report, verify
+    from .verify import pick_reference, print_report, verify
 
     try:
         test = TensorRTDetector(engine, plugins=a.plugin_library)
     except ModelLoadError as e:
         fail(str(e), MISSING)
-    if model is None and a.reference_checkpoint:
-        model, meta = load_source(a.reference_checkpoint)
-    if model is not None:
-        from runtimes.torch import TorchDetector
-
-        reference = TorchDetector(None, model=model, meta=meta)
-        print("parity reference: the PyTorch deploy graph of the checkpoint")
-    else:
-        import runtimes
-
-        try:
-            reference = runtimes.load(a.onnx, runtime="onnxruntime")
-        except ModelLoadError as e:
-            fail(f"{e}; compare against PyTorch with --reference-checkpoint, or skip with --no-verify")
-        print(f"parity reference: ONNX Runtime on {a.onnx} (--reference-checkpoint compares against PyTorch)")
+    reference = pick_reference(model, meta, a.onnx, a.reference_checkpoint)
     fp16 = test.meta.export.get("precision") == "fp16"
     report = verify(test, reference, test.meta, a.parity_images, thresholds_from(a, fp16))
     return print_report(report, str(engine))

@@ -43,6 +43,27 @@ def verify(test: Detector, reference: Detector, meta: ModelMeta, images: int = 1
     return compare(ref, tst, thresholds, gt=gt, image_ids=ids, category_ids=meta.category_ids)
 
 
+def pick_reference(model=None, meta: ModelMeta | None = None, onnx=None, reference_checkpoint=None) -> Detector:
+    """The parity reference: the PyTorch deploy graph of the checkpoint when there is one (the
+    exported model, or --reference-checkpoint), else ONNX Runtime on the source ONNX."""
+    import runtimes
+    from runtimes.torch import TorchDetector
+
+    from .cli import fail, load_source
+
+    if model is None and reference_checkpoint:
+        model, meta = load_source(reference_checkpoint)
+    if model is not None:
+        print("parity reference: the PyTorch deploy graph of the checkpoint")
+        return TorchDetector(None, model=model, meta=meta)
+    try:
+        reference = runtimes.load(onnx, runtime="onnxruntime")
+    except runtimes.ModelLoadError as e:
+        fail(f"{e}; compare against PyTorch with --reference-checkpoint, or skip with --no-verify")
+    print(f"parity reference: ONNX Runtime on {onnx} (--reference-checkpoint compares against PyTorch)")
+    return reference
+
+
 def print_report(report: ParityReport, name: str) -> bool:
     """One summary line; on failure a readable list of what failed. Returns report.passed."""
     print(f"parity {'OK' if report.passed else 'FAILED'} for {name}: {report.summary()}")

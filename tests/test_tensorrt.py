@@ -618,7 +618,8 @@ def test_adapter_buffers_against_doubles_of_tensorrt_and_pycuda(mixed_builtin, t
     for n in (3, 1, 6, 2):  # grow, shrink (reuse), beyond the profile (chunks of 4 + 2), shrink again
         out = det.infer(canvas[:n])
         for name, value in expected.items():
-            np.testing.assert_array_equal(out[name], value[:n], err_msg=f"{name} at batch {n}")
+            # the doubles run ONNX Runtime, whose float results may differ in the last bits between batch sizes
+            np.testing.assert_allclose(out[name], value[:n], rtol=1e-5, atol=1e-3, err_msg=f"{name} at batch {n}")
         assert out["labels"].dtype == np.int32 and out["boxes"].dtype == np.float32
     assert det._capacity == 4 and len(memory.blocks) == 10  # allocated for 3, then once more for 4
     first = det(images[0])

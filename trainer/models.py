@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.detection import (
     FasterRCNN,
     fasterrcnn_mobilenet_v3_large_320_fpn,
@@ -19,7 +19,7 @@ from torchvision.models.detection import (
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -28,22 +28,33 @@ from runtimes.meta import ModelMeta
 
 
 def _tiny(num_classes: int, fpn_channels: int = 64, representation: int = 256,
-          anchor_sizes=(16, 32, 64, 128, 256), **kwargs) -> FasterRCNN:
-    """ResNet18-FPN with narrow FPN channels and a small box head: learns `shapes` in minutes on a CPU."""
-    body = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
+          anchor_sizes=(16, 32, 64, 128, 256), aspect_ratios=(0.5, 1.0, 2.0), fpn_norm: bool = False,
+          head_convs: int = 0, blocks=(2, 2, 2, 2), **kwargs) -> FasterRCNN:
+    """ResNet18-FPN with narrow FPN channels and a small box head: learns `shapes` in minutes on a CPU.
+
+    fpn_norm adds BatchNorm to the FPN; head_convs > 0 makes the box head that many 3x3
+    conv+BN layers before one fully connected layer (torchvision's v2 head) instead of two MLP layers.
+    """
+    body = ResNet(BasicBlock, list(blocks), norm_layer=nn.BatchNorm2d)  # blocks (2, 2, 2, 2): ResNet18
     backbone = BackboneWithFPN(
         body,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
         in_channels_list=[64, 128, 256, 512],
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
+        norm_layer=nn.BatchNorm2d if fpn_norm else None,
     )
-    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes))
+    if head_convs:
+        box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * head_convs, [representation],
+                                      norm_layer=nn.BatchNorm2d)
+    else:
+        box_head = TwoMLPHead(fpn_channels * 7 * 7, representation)
     return FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(representation, num_classes),
         **kwargs,
     )
