@@ -284,7 +284,6 @@ def main(argv=None) -> int:
     import platform
 
     out = a.out or Path("runs/bench") / f"{platform.node() or 'host'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
     if a.model and a.model.startswith("random:"):
         checkpoint = random_model(a.model.split(":", 1)[1], Path("runs/bench-models"))
     elif a.model:
@@ -303,6 +302,7 @@ def main(argv=None) -> int:
 
     _, meta = load_source(str(checkpoint))
     rows = plan(a.runtimes, a.device)
+    out.mkdir(parents=True, exist_ok=True)
     export_all(rows, checkpoint, out / "artifacts", a.batch, a.device)
     live = [r for r in rows if r.status == "ok"]
     for row in live:

@@ -86,10 +86,11 @@ def test_gate_exits_nonzero_on_map_drop():
     assert gate(rows, 0.2) == 0
 
 
-def test_bad_arguments_are_one_line():
+def test_bad_arguments_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "benchmarks/run.py", "--runtime", "caffe"], capture_output=True, text=True,
                        cwd=ROOT)
     assert r.returncode == 2 and "unknown runtime" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "benchmarks/run.py", "--model", "/nonexistent"], capture_output=True,
-                       text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "benchmarks/run.py", "--model", "/nonexistent", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "no such model" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()  # a refused run leaves nothing behind

@@ -121,7 +121,7 @@ def test_trt_flavour_has_plugin_nodes(tiny_run, tmp_path):
     assert not [n for n in graph.node if n.op_type in ("NonMaxSuppression", "RoiAlign")]
     roi = next(n for n in plugin if n.op_type == ROI_ALIGN_PLUGIN)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in roi.attribute}
-    assert attrs["pooled_size"] == 7 and attrs["sampling_ratio"] == 2 and attrs["first_level"] == 2
+    assert attrs["pooled_size"] == 7 and attrs["sampling_ratio"] == model.roi_heads.box_roi_pool.sampling_ratio and attrs["first_level"] == 2
     assert np.allclose(attrs["spatial_scales"], [1 / 4, 1 / 8, 1 / 16, 1 / 32]) and len(roi.input) == 5
     nms = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in plugin if n.op_type == NMS_PLUGIN]
     assert sorted(a["max_output_boxes"] for a in nms) == [100, 100]

@@ -42,7 +42,9 @@ def artifacts(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("openvino")
     torch.manual_seed(0)
-    meta = default_meta("tiny", CLASSES, (128, 128), provenance={"dataset": "shapes:train=4,val=6"})
+    # sampling_ratio 2 (torchvision's): the IR must keep it where OpenVINO's importer would default to 1
+    meta = default_meta("tiny", CLASSES, (128, 128), provenance={"dataset": "shapes:train=4,val=6"},
+                        arch_kwargs={"sampling_ratio": 2})
     model = build_model(meta).eval()
     onnx_path = export_onnx(model, meta, root / "model.onnx", batch=None)
     # the same graph declaring a fixed batch of 1, as a fixed-batch export would

@@ -21,25 +21,44 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from runtimes.meta import ModelMeta
 
 
+def resnet_body(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)) -> ResNet:
+    """A ResNet of BasicBlocks with the given stage widths and depths (ResNet18 by default)."""
+    body = ResNet(BasicBlock, list(blocks), norm_layer=nn.BatchNorm2d)
+    if tuple(widths) != (64, 128, 256, 512):
+        body.inplanes = widths[0]
+        body.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        body.bn1 = nn.BatchNorm2d(widths[0])
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            setattr(body, f"layer{i + 1}", body._make_layer(BasicBlock, w, n, stride=1 if i == 0 else 2))
+        for m in body.modules():  # ResNet's own initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return body
+
+
 def _tiny(num_classes: int, fpn_channels: int = 64, representation: int = 256,
           anchor_sizes=(16, 32, 64, 128, 256), aspect_ratios=(0.5, 1.0, 2.0), fpn_norm: bool = False,
-          head_convs: int = 0, blocks=(2, 2, 2, 2), **kwargs) -> FasterRCNN:
-    """ResNet18-FPN with narrow FPN channels and a small box head: learns `shapes` in minutes on a CPU.
+          head_convs: int = 0, blocks=(1, 1, 1, 1), widths=(32, 64, 128, 256), sampling_ratio: int = 1,
+          **kwargs) -> FasterRCNN:
+    """A half-width ResNet10-FPN with narrow FPN channels and a small box head: learns `shapes`
+    in minutes on a CPU. blocks=(2, 2, 2, 2) and widths=(64, 128, 256, 512) give ResNet18.
 
-    fpn_norm adds BatchNorm to the FPN; head_convs > 0 makes the box head that many 3x3
-    conv+BN layers before one fully connected layer (torchvision's v2 head) instead of two MLP layers.
+    sampling_ratio is the box RoIAlign's (1: one sample per bin; on shapes, 0.9x the step time
+    of 2 on 2 CPU cores, mAP within 0.005 after 1300 steps). fpn_norm adds BatchNorm to the
+    FPN; head_convs > 0 makes the box head that many 3x3 conv+BN layers before one fully
+    connected layer (torchvision's v2 head) instead of two MLP layers.
     """
-    body = ResNet(BasicBlock, list(blocks), norm_layer=nn.BatchNorm2d)  # blocks (2, 2, 2, 2): ResNet18
+    body = resnet_body(widths, blocks)
     backbone = BackboneWithFPN(
         body,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-        in_channels_list=[64, 128, 256, 512],
+        in_channels_list=list(widths),
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
         norm_layer=nn.BatchNorm2d if fpn_norm else None,
@@ -54,6 +73,7 @@ def _tiny(num_classes: int, fpn_channels: int = 64, representation: int = 256,
         backbone,
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(representation, num_classes),
         **kwargs,

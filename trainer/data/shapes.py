@@ -58,7 +58,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def render(seed: int, index: int, size_range=((192, 288), (224, 320)), max_objects: int = 6):
+def render(seed: int, index: int, size_range=((192, 288), (224, 320)), max_objects: int = 6, min_object: float = 12):
     """Image `index` of the set with `seed`: (RGB uint8 image, boxes xyxy float32, labels 1..3)."""
     rng = np.random.default_rng([seed, index])
     h = int(rng.integers(*size_range[0]))
@@ -68,7 +68,7 @@ def render(seed: int, index: int, size_range=((192, 288), (224, 320)), max_objec
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(10):
             # log-uniform sizes: many small objects, some large
-            s = float(np.exp(rng.uniform(np.log(8), np.log(min(h, w) * 0.45))))
+            s = float(np.exp(rng.uniform(np.log(min_object), np.log(min(h, w) * 0.45))))
             cx, cy = rng.uniform(s / 2, w - s / 2), rng.uniform(s / 2, h - s / 2)
             cls = int(rng.integers(len(CLASSES)))
             if cls == 0:
@@ -119,7 +119,7 @@ class ShapesDataset(DetectionDataset):
                       file_name=f"{index:06d}.jpg")
 
 
-def shapes_splits(train: int = 2000, val: int = 200, seed: int = 0):
+def shapes_splits(train: int = 1200, val: int = 200, seed: int = 0):
     """The train and held-out validation splits (disjoint seeds)."""
     return (ShapesDataset(train, SPLIT_SEEDS["train"] + seed, "shapes-train"),
             ShapesDataset(val, SPLIT_SEEDS["val"] + seed, "shapes-val"))
