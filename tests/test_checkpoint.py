@@ -84,6 +84,16 @@ def test_frozen_bn_is_recorded_and_rebuilt(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k])
 
 
+def test_weights_of_another_model_are_one_clear_error(tmp_path):
+    from trainer.models import _tiny
+
+    meta = default_meta("tiny", CLASSES, (64, 64))
+    resnet18 = _tiny(len(CLASSES), blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512))  # not what "tiny" builds
+    checkpoint.save_checkpoint(tmp_path / "model.safetensors", resnet18, meta)
+    with pytest.raises(checkpoint.CheckpointError, match=r"do not fit the 'tiny' model .* e\.g\. backbone\."):
+        checkpoint.load_checkpoint(tmp_path)
+
+
 @pytest.mark.parametrize("opt_class", [torch.optim.SGD, torch.optim.AdamW])
 def test_optimizer_state_round_trip(tmp_path, opt_class):
     torch.manual_seed(0)

@@ -100,6 +100,12 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[torch
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{p}: unreadable safetensors file ({e})") from None
     model = build_model(meta)
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    bad = sorted(set(want) ^ set(state)) + [k for k in want if k in state and state[k].shape != want[k]]
+    if bad:
+        raise CheckpointError(f"{p}: the weights do not fit the {meta.arch!r} model this version builds "
+                              f"({len(bad)} tensors missing, extra or misshapen, e.g. {bad[0]}); "
+                              "retrain or re-import it")
     model.load_state_dict(state)
     return model.to(device).eval(), meta
 
