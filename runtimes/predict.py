@@ -183,6 +183,18 @@ class Predictor:
         rgb = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames_bgr]
         return self.detector(rgb, threshold=self.threshold)
 
+    def drawn(self, items, bar):
+        """(key, BGR image with the detections drawn, detections) for (key, image) items, detected
+        in batches; each is shown after the caller has written it. A closed window stops the run."""
+        for batch in batches(items, self.batch):
+            for (key, image), dets in zip(batch, self.detect([im for _, im in batch])):
+                draw_detections(image, dets)
+                yield key, image, dets
+                if not self.display.show(image):
+                    self.stopped = True
+                    return
+            bar.update(len(batch))
+
     def output_name(self, path: Path, suffix: str | None = None) -> str:
         """The input's file name; made unique when a glob matched the same name in two folders."""
         name = path.stem + (suffix or path.suffix)
@@ -205,19 +217,11 @@ class Predictor:
                 else:
                     yield path, image
 
-        for batch in batches(readable(), self.batch):
-            for (path, image), dets in zip(batch, self.detect([im for _, im in batch])):
-                draw_detections(image, dets)
-                name = self.output_name(path)
-                cv2.imwrite(str(self.save_dir / name), image)
-                self.results.add(dets, image.shape[1], image.shape[0], self.category_ids,
-                                 file_name=name, source=str(path))
-                if not self.display.show(image):
-                    self.stopped = True
-                    break
-            bar.update(len(batch))
-            if self.stopped:
-                break
+        for path, image, dets in self.drawn(readable(), bar):
+            name = self.output_name(path)
+            cv2.imwrite(str(self.save_dir / name), image)
+            self.results.add(dets, image.shape[1], image.shape[0], self.category_ids,
+                             file_name=name, source=str(path))
         bar.close()
 
     def video(self, path: Path) -> None:
@@ -243,20 +247,12 @@ class Predictor:
                 else:
                     yield index, frame
 
-        for batch in batches(readable(), self.batch):
-            for (index, frame), dets in zip(batch, self.detect([f for _, f in batch])):
-                draw_detections(frame, dets)
-                if (frame.shape[1], frame.shape[0]) != size:  # a stream that changed resolution
-                    frame = cv2.resize(frame, size)
-                writer.write(frame)
-                self.results.add(dets, frame.shape[1], frame.shape[0], self.category_ids,
-                                 file_name=name, source=str(path), frame=index)
-                if not self.display.show(frame):
-                    self.stopped = True
-                    break
-            bar.update(len(batch))
-            if self.stopped:
-                break
+        for index, frame, dets in self.drawn(readable(), bar):
+            if (frame.shape[1], frame.shape[0]) != size:  # a stream that changed resolution
+                frame = cv2.resize(frame, size)
+            writer.write(frame)
+            self.results.add(dets, frame.shape[1], frame.shape[0], self.category_ids,
+                             file_name=name, source=str(path), frame=index)
         bar.close()
         capture.release()
         writer.release()
