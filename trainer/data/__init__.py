@@ -11,7 +11,6 @@ from pathlib import Path
 from .base import DatasetError, DetectionDataset, Sample
 from .coco import CocoDataset
 from .files import FileDataset, hold_out
-from .shapes import ShapesDataset, shapes_splits
 from .txt import TxtDataset
 from .voc import VocDataset, voc_splits
 
@@ -49,6 +48,8 @@ def _open(spec: str, classes: list[str] | None = None) -> tuple[DetectionDataset
         unknown = set(opts) - {"train", "val", "seed"}
         if unknown:
             raise DatasetError(f"unknown shapes option(s) {sorted(unknown)}; use train=, val=, seed=")
+        from .shapes import shapes_splits
+
         return shapes_splits(**opts)
     fmt, text = (name, rest) if sep and name in FORMATS else (None, spec)
     path = Path(text)
@@ -100,6 +101,15 @@ def build_datasets(data: str, val: str | None = None) -> tuple[DetectionDataset,
                            f"differ from the training set's {train.class_names} "
                            f"(ids {train.label_category_ids()[1:]})")
     return train, val_set
+
+
+def __getattr__(name: str):
+    # shapes is imported on first use, so that `python -m trainer.data.shapes` runs it fresh
+    if name in ("ShapesDataset", "shapes_splits"):
+        from . import shapes
+
+        return getattr(shapes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["CocoDataset", "DatasetError", "DetectionDataset", "FileDataset", "Sample", "ShapesDataset",
