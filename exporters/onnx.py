@@ -14,6 +14,7 @@ import io
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -29,7 +30,8 @@ MAX_IR_VERSION = 10  # onnxruntime >= 1.20 and OpenVINO read it; onnx 1.23 would
 
 def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor: str = "onnx",
                 opset: int = 18, half: bool = False) -> Path:
-    """Write the deploy graph of `model` as ONNX with `meta` inside; batch None = dynamic.
+    """Write the deploy graph of `model` as ONNX with `meta` inside (`meta` itself is left as it is);
+    batch None = dynamic.
 
     half: mixed precision, the networks in fp16 and box math in fp32 (for TensorRT fp16).
     """
@@ -53,8 +55,8 @@ def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor
             opset_version=opset, dynamic_shapes=dynamic, verbose=False)
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    meta.export = dict(meta.export, format="onnx", flavor=flavor, batch=batch, opset=opset,
-                       precision="mixed-fp16" if half else "fp32")
+    meta = replace(meta, export=dict(meta.export, format="onnx", flavor=flavor, batch=batch, opset=opset,
+                                     precision="mixed-fp16" if half else "fp32"))
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {META_KEY: meta.to_json()})
     onnx.save(proto, str(out))

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from runtimes import ENGINE_SUFFIXES
 from runtimes.base import ModelLoadError
 from runtimes.meta import ModelMeta, read_onnx_meta
 from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, import_tensorrt, load_plugins,
@@ -47,7 +47,6 @@ from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, imp
 from .cli import add_verify_args, fail, load_source, thresholds_from
 
 MISSING = 3  # exit code: something to install or build is missing
-ENGINE_SUFFIXES = (".engine", ".plan")  # runtimes.load recognises these as TensorRT engines
 FLAVOR = {"custom": "trt", "builtin": "onnx"}  # --plugins -> the ONNX flavour it builds from
 
 
@@ -61,9 +60,17 @@ class Precision:
     """How an engine of the requested precision is built on one TensorRT version."""
 
     precision: str  # "fp32" or "fp16"
-    half_onnx: bool  # build from the mixed-precision ONNX (exporters.onnx half=True)
     strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED: the ONNX's types are the engine's
-    fp16_flag: bool  # BuilderFlag.FP16: TensorRT 10 may run any layer in fp16
+
+    @property
+    def half_onnx(self) -> bool:
+        """Build from the mixed-precision ONNX (exporters.onnx half=True): fp16, strongly typed."""
+        return self.precision == "fp16" and self.strongly_typed
+
+    @property
+    def fp16_flag(self) -> bool:
+        """BuilderFlag.FP16: fp16 weakly typed, TensorRT 10 may run any layer in fp16."""
+        return self.precision == "fp16" and not self.strongly_typed
 
     @property
     def typing(self) -> str:
@@ -79,15 +86,15 @@ def precision_plan(version: str, fp16: bool, onnx_precision: str | None = None,
         raise ValueError(f"TensorRT {version} is too old: the plugins are IPluginV3, which needs TensorRT 10 or newer")
     strong = major >= 11 or strongly_typed
     if onnx_precision == "mixed-fp16":  # its types say fp16 already; only a strongly typed build keeps them
-        return Precision("fp16", half_onnx=True, strongly_typed=True, fp16_flag=False)
+        return Precision("fp16", strongly_typed=True)
     if not fp16:
-        return Precision("fp32", half_onnx=False, strongly_typed=major >= 11, fp16_flag=False)
+        return Precision("fp32", strongly_typed=major >= 11)
     if strong:
         if onnx_precision == "fp32":
             raise ValueError(f"TensorRT {version} builds fp16 strongly typed, from the mixed-precision ONNX: "
                              "build from --checkpoint with --fp16 instead of an fp32 --onnx")
-        return Precision("fp16", half_onnx=True, strongly_typed=True, fp16_flag=False)
-    return Precision("fp16", half_onnx=False, strongly_typed=False, fp16_flag=True)
+        return Precision("fp16", strongly_typed=True)
+    return Precision("fp16", strongly_typed=False)
 
 
 def batch_profile(onnx_batch: int | None, batch: int | None = None, max_batch: int | None = None,
@@ -227,7 +234,7 @@ def builder_config(trt, builder, network, plan: Precision, profile: tuple[int, i
 def attach_timing_cache(config, path: Path | None):
     """Load kernel timings from `path` if it exists (a fresh cache otherwise) and attach them."""
     if path is None:
-        return None
+        return
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
     if data and (cache is None or not config.set_timing_cache(cache, ignore_mismatch=False)):
@@ -235,7 +242,6 @@ def attach_timing_cache(config, path: Path | None):
         data, cache = b"", config.create_timing_cache(b"")
     if not data:
         config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
 
 
 def build_engine(onnx_path, out, meta: ModelMeta, plan: Precision, profile: tuple[int, int, int],
@@ -261,11 +267,11 @@ def build_engine(onnx_path, out, meta: ModelMeta, plan: Precision, profile: tupl
         _write_bytes(cache_path, config.get_timing_cache().serialize())
     _write_bytes(out, serialized)
     low, opt, high = profile
-    meta = copy.deepcopy(meta)
-    meta.export = dict(meta.export, format="tensorrt", tensorrt=trt.__version__, precision=plan.precision,
-                       typing=plan.typing, onnx_precision=meta.export.get("precision"), plugins=plugins,
-                       plugin_library=str(library) if library else None, batch=low if low == high else None,
-                       batch_range=[low, opt, high], source=onnx_path.name, workspace_gib=workspace_gib)
+    meta = replace(meta, export=dict(
+        meta.export, format="tensorrt", tensorrt=trt.__version__, precision=plan.precision, typing=plan.typing,
+        onnx_precision=meta.export.get("precision"), plugins=plugins, plugin_library=str(library) if library else None,
+        batch=low if low == high else None, batch_range=[low, opt, high], source=onnx_path.name,
+        workspace_gib=workspace_gib))
     write_sidecar(out, meta)
     return out
 
@@ -276,7 +282,7 @@ def export_for_tensorrt(model, meta: ModelMeta, onnx_path, plan: Precision, plug
     fp16 strongly typed; batch None = dynamic. `meta` is left as it is."""
     from .onnx import export_onnx
 
-    return export_onnx(model, copy.deepcopy(meta), onnx_path, batch=batch, flavor=FLAVOR[plugins],
+    return export_onnx(model, meta, onnx_path, batch=batch, flavor=FLAVOR[plugins],
                        half=plan.half_onnx)
 
 

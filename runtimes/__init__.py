@@ -14,6 +14,7 @@ from .base import Detections, Detector, ModelLoadError
 from .image import ImageError
 from .meta import ModelMeta
 
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # TensorRT engine files, as runtimes.load tells them apart
 RUNTIMES = ("torch", "torchvision", "onnxruntime", "openvino", "tensorrt")
 _NEEDS = {  # runtime -> (modules it imports, how to install them)
     "torch": (("torch", "torchvision"), "pip install frcnn-deploy"),
@@ -67,7 +68,7 @@ def runtime_for(path) -> str:
         return "onnxruntime"
     if suffix == ".xml" or (p.is_dir() and any(p.glob("*.xml")) and not (p / "model.safetensors").exists()):
         return "openvino"
-    if suffix in (".engine", ".plan", ".trt"):
+    if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     if p.is_dir() or suffix in (".safetensors", ".json", ".pth", ".pt"):
         return "torch"
