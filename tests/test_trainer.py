@@ -193,6 +193,17 @@ def test_fine_tune_from_torchvision_pth(tmp_path, capsys):
     assert len(err) == 1 and "does not fit the model" in err[0]
 
 
+def test_fine_tune_from_a_batchnorm_pth(tmp_path):
+    """A state dict saved from a BatchNorm model (num_batches_tracked present) keeps BatchNorm."""
+    torch.manual_seed(4)
+    source = build_model(default_meta("tiny", ["__background__", *"abc"], (64, 64)))
+    torch.save(source.state_dict(), tmp_path / "bn.pth")
+    run = tmp_path / "ft"
+    assert main(["--weights", str(tmp_path / "bn.pth"), "--data", "shapes:train=2,val=1", "--canvas", "64x64",
+                 "--batch-size", "2", "--epochs", "1", "--workers", "0", "--out", str(run)]) == 0
+    assert checkpoint.read_meta(run).arch_kwargs == {}
+
+
 # ---------------------------------------------------------------- exact resume after SIGKILL
 
 @pytest.fixture(scope="module")

@@ -100,13 +100,12 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[torch
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{p}: unreadable safetensors file ({e})") from None
     model = build_model(meta)
-    want = {k: v.shape for k, v in model.state_dict().items()}
-    bad = sorted(set(want) ^ set(state)) + [k for k in want if k in state and state[k].shape != want[k]]
+    bad = [k for keys in state_mismatch(model, state) for k in keys]
     if bad:
         raise CheckpointError(f"{p}: the weights do not fit the {meta.arch!r} model this version builds "
                               f"({len(bad)} tensors missing, extra or misshapen, e.g. {bad[0]}); "
                               "retrain or re-import it")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # everything fits; see state_mismatch
     return model.to(device).eval(), meta
 
 
@@ -150,18 +149,31 @@ def import_pth(path: str | os.PathLike, arch: str | None = None, class_names: li
     if class_names is None:
         class_names = list(_COCO_CATEGORIES) if n == len(_COCO_CATEGORIES) else \
             ["__background__"] + [f"class_{i}" for i in range(1, n)]
-    # torchvision's pretrained weights come from models whose backbone uses FrozenBatchNorm2d,
-    # which has no num_batches_tracked: rebuild that same module tree
-    frozen = not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state)
     meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name},
-                        arch_kwargs={"frozen_bn": True} if frozen else {})
+                        arch_kwargs={"frozen_bn": True} if pth_frozen_bn(state) else {})
     model = build_model(meta)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # torchvision's pretrained weights use FrozenBatchNorm2d, which has no num_batches_tracked
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    missing, unexpected, misshapen = state_mismatch(model, state)
+    if missing or unexpected or misshapen:
+        raise CheckpointError(f"{path}: does not fit {arch} (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"other shapes {misshapen[:3]})")
+    model.load_state_dict(state, strict=False)  # strict would ask for num_batches_tracked (see state_mismatch)
     return model.eval(), meta
+
+
+def pth_frozen_bn(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a torchvision state dict comes from a FrozenBatchNorm2d backbone, as torchvision's
+    pretrained weights do: it then has no num_batches_tracked there. Rebuild the same modules."""
+    return not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state)
+
+
+def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list, list, list]:
+    """(missing, unexpected, misshapen) keys of `state` against `model`. A missing BatchNorm
+    num_batches_tracked is not counted: it only counts batches, and pretrained files lack it."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [k for k in state if k in own and own[k].shape != state[k].shape]
+    return missing, unexpected, misshapen
 
 
 def load_any(path: str | os.PathLike, device: str = "cpu", arch: str | None = None):

@@ -34,9 +34,6 @@ from .eval import evaluate_model
 from .loader import EpochBatchSampler, canvas_to_float, make_loader
 from .models import ARCHS, DEFAULT_CANVAS, build_model, default_meta, parse_canvas
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-
-
 class TrainError(ValueError):
     """Bad options or a run that cannot go on; the message is one line for the user."""
 
@@ -243,10 +240,9 @@ def weights_info(path: str, arch: str | None) -> tuple[dict[str, torch.Tensor], 
     """(state dict, architecture, frozen_bn) of --weights. A .pth is loaded with weights_only."""
     if str(path).endswith((".pth", ".pt")):
         state = checkpoint.load_pth(path)
-        # torchvision's pretrained weights come from FrozenBatchNorm2d models: keep them frozen.
         # A state dict does not name its architecture (mobilenet_v3_large_fpn and its 320 variant
         # share keys): --arch wins, the keys are only a guess.
-        return state, arch or checkpoint.guess_arch(state), True
+        return state, arch or checkpoint.guess_arch(state), checkpoint.pth_frozen_bn(state)
     model, meta = checkpoint.load_checkpoint(path)
     if arch and arch != meta.arch:
         raise TrainError(f"--weights {path} holds a {meta.arch} model, not --arch {arch}")
@@ -263,10 +259,8 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         n_own = own["roi_heads.box_predictor.cls_score.weight"].shape[0]
         state = {k: v for k, v in state.items() if k not in head}
         note = f"class head re-initialised ({n_src} classes in {Path(source).name}, {n_own} here)"
-    bad = [k for k in state if k in own and own[k].shape != state[k].shape]
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
-               and not (note and k.startswith("roi_heads.box_predictor."))]
-    unexpected = [k for k in state if k not in own]
+    missing, unexpected, bad = checkpoint.state_mismatch(model, state)
+    missing = [k for k in missing if not (note and k.startswith("roi_heads.box_predictor."))]
     if missing or unexpected or bad:
         raise TrainError(f"{source}: does not fit the model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}, other shapes {bad[:3]})")
@@ -290,9 +284,8 @@ def train_step(model: torch.nn.Module, images: list[torch.Tensor], targets: list
     else:
         loss.backward()
         optimizer.step()
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    values["loss"] = float(loss.detach())
-    return values
+    # one device-to-host copy for all the terms, not one sync each
+    return dict(zip([*losses, "loss"], torch.stack([*losses.values(), loss]).detach().tolist()))
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -308,7 +301,8 @@ def step_on_batch(model, batch: dict, optimizer, scaler, lr: float, device) -> d
     """One training step on a batch from trainer.loader at learning rate `lr`."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    return train_step(model, canvas_to_float(batch["images"], device), batch["targets"], optimizer, scaler)
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
+    return train_step(model, canvas_to_float(batch["images"], device), targets, optimizer, scaler)
 
 
 def make_optimizer(model: torch.nn.Module, c: dict) -> torch.optim.Optimizer:
@@ -490,7 +484,7 @@ def train(args: argparse.Namespace) -> Path:
                                       workers, gt=val_gt)
             n = progress.batch * d.world_size
             record = dict(epoch=epoch + 1, step=progress.step, lr=lr,
-                          **{k: sum(s.get(k, 0.0) for s in sums) / n for k in ("loss", *LOSS_KEYS)},
+                          **{k: sum(s.get(k, 0.0) for s in sums) / n for k in ("loss", *plots.LOSS_KEYS)},
                           coco=stats, images=progress.batch * config["batch_size"] * d.world_size,
                           train_time_s=round(train_time, 2), eval_time_s=round(time.time() - t0, 2),
                           skipped=dict(all_skipped), val_skipped=dict(val_set.skipped))
