@@ -19,7 +19,7 @@ from torchvision.models.detection import (
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -43,38 +43,28 @@ def resnet_body(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)) -> ResNet:
 
 
 def _tiny(num_classes: int, fpn_channels: int = 64, representation: int = 256,
-          anchor_sizes=(16, 32, 64, 128, 256), aspect_ratios=(0.5, 1.0, 2.0), fpn_norm: bool = False,
-          head_convs: int = 0, blocks=(1, 1, 1, 1), widths=(32, 64, 128, 256), sampling_ratio: int = 1,
-          **kwargs) -> FasterRCNN:
+          anchor_sizes=(16, 32, 64, 128, 256), blocks=(1, 1, 1, 1), widths=(32, 64, 128, 256),
+          sampling_ratio: int = 1, **kwargs) -> FasterRCNN:
     """A half-width ResNet10-FPN with narrow FPN channels and a small box head: learns `shapes`
     in minutes on a CPU. blocks=(2, 2, 2, 2) and widths=(64, 128, 256, 512) give ResNet18.
 
     sampling_ratio is the box RoIAlign's (1: one sample per bin; on shapes, 0.9x the step time
-    of 2 on 2 CPU cores, mAP within 0.005 after 1300 steps). fpn_norm adds BatchNorm to the
-    FPN; head_convs > 0 makes the box head that many 3x3 conv+BN layers before one fully
-    connected layer (torchvision's v2 head) instead of two MLP layers.
+    of 2 on 2 CPU cores, mAP within 0.005 after 1300 steps).
     """
-    body = resnet_body(widths, blocks)
     backbone = BackboneWithFPN(
-        body,
+        resnet_body(widths, blocks),
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
         in_channels_list=list(widths),
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
-        norm_layer=nn.BatchNorm2d if fpn_norm else None,
     )
-    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes))
-    if head_convs:
-        box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * head_convs, [representation],
-                                      norm_layer=nn.BatchNorm2d)
-    else:
-        box_head = TwoMLPHead(fpn_channels * 7 * 7, representation)
+    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     return FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
         box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio),
-        box_head=box_head,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
         box_predictor=FastRCNNPredictor(representation, num_classes),
         **kwargs,
     )

@@ -20,6 +20,7 @@ from .base import DetectionDataset, Sample
 
 CLASSES = ("circle", "square", "triangle")
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003}
+MIN_OBJECT = 12  # px: the smallest side, COCO "small" territory; sizes are log-uniform above it
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def render(seed: int, index: int, size_range=((192, 288), (224, 320)), max_objects: int = 6, min_object: float = 12):
+def render(seed: int, index: int, size_range=((192, 288), (224, 320)), max_objects: int = 6):
     """Image `index` of the set with `seed`: (RGB uint8 image, boxes xyxy float32, labels 1..3)."""
     rng = np.random.default_rng([seed, index])
     h = int(rng.integers(*size_range[0]))
@@ -68,7 +69,7 @@ def render(seed: int, index: int, size_range=((192, 288), (224, 320)), max_objec
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(10):
             # log-uniform sizes: many small objects, some large
-            s = float(np.exp(rng.uniform(np.log(min_object), np.log(min(h, w) * 0.45))))
+            s = float(np.exp(rng.uniform(np.log(MIN_OBJECT), np.log(min(h, w) * 0.45))))
             cx, cy = rng.uniform(s / 2, w - s / 2), rng.uniform(s / 2, h - s / 2)
             cls = int(rng.integers(len(CLASSES)))
             if cls == 0:
