@@ -80,6 +80,11 @@ def read_meta(model, where) -> ModelMeta:
         raise ModelLoadError(f"{where}: unreadable frcnn-deploy metadata ({e})") from None
 
 
+def device_list(core) -> str:
+    """The devices OpenVINO finds here, for error messages only: listing them loads every plugin."""
+    return ", ".join(core.available_devices + list(VIRTUAL_DEVICES))
+
+
 def normalize_device(core, device: str) -> str:
     """Upper-case `device` (runtimes.load passes "cpu") and check every named device is one OpenVINO knows."""
     name = device.strip().upper()
@@ -89,16 +94,15 @@ def normalize_device(core, device: str) -> str:
     names = [head] if head not in VIRTUAL_DEVICES else [head] + [d for d in rest.split(",") if d]
     if head in ("HETERO", "MULTI") and len(names) == 1:
         raise ModelLoadError(f"OpenVINO device {head} needs a device list, e.g. {head}:GPU,CPU")
-    available = ", ".join(core.available_devices + list(VIRTUAL_DEVICES))
     for d in names:
         base = d.split(".")[0]
         try:
             known = bool(base) and bool(core.get_versions(base))
         except RuntimeError as e:  # a known plugin that cannot load here, e.g. GPU without OpenCL
             raise ModelLoadError(f"OpenVINO device {d} is not usable here ({ov_message(e)}); "
-                                 f"available: {available}") from None
+                                 f"available: {device_list(core)}") from None
         if not known:
-            raise ModelLoadError(f"unknown OpenVINO device {device!r} (available here: {available}; "
+            raise ModelLoadError(f"unknown OpenVINO device {device!r} (available here: {device_list(core)}; "
                                  "virtual devices take a list, e.g. AUTO:GPU,CPU)")
     return name
 
@@ -155,10 +159,11 @@ class OpenVINODetector(Detector):
             self.compiled = ov_core.compile_model(model, self.device, config)
         except RuntimeError as e:
             raise ModelLoadError(f"{self.path}: OpenVINO cannot compile it for {self.device} ({ov_message(e)}; "
-                                 f"devices available here: {', '.join(ov_core.available_devices)})") from None
+                                 f"devices available here: {device_list(ov_core)})") from None
         self.outputs = {name: self.compiled.output(name) for name in OUTPUT_NAMES}
         self.requests = requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self._request = self.compiled.create_infer_request()
+        self._queue = None  # AsyncInferQueue, made by the first infer_stream
 
     def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
         result = self._request.infer({0: np.ascontiguousarray(canvas, np.uint8)})
@@ -166,10 +171,13 @@ class OpenVINODetector(Detector):
 
     def infer_stream(self, canvases: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Raw outputs of a stream of canvas batches, in input order, keeping `self.requests`
-        requests in flight (OpenVINO's AsyncInferQueue): the throughput mode's way in."""
-        import openvino as ov
+        requests in flight (OpenVINO's AsyncInferQueue): the throughput mode's way in. The queue
+        is made once and reused; one stream at a time per detector."""
+        if self._queue is None:
+            import openvino as ov
 
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+            self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        queue = self._queue
         done: dict[int, dict[str, np.ndarray]] = {}
 
         def collect(request, index):  # runs on an OpenVINO thread; copies before the request is reused
