@@ -29,6 +29,8 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, no
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import report, system, timing  # noqa: E402
+from exporters.cli import fail  # noqa: E402
+from runtimes.base import first_line  # noqa: E402
 
 DEFAULT_RUN = Path("runs/default-tiny")
 ALL = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -64,15 +66,6 @@ class Row:
     @property
     def key(self) -> str:
         return f"{self.name}-{self.precision}"
-
-
-def fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 # ------------------------------------------------------------------ model and artifacts
@@ -127,11 +120,9 @@ def plan(wanted: list[str], device: str) -> list[Row]:
     return rows
 
 
-def export_all(rows: list[Row], checkpoint: Path, work: Path, batch: int, device: str) -> None:
-    """Write each row's artifact into `work` (reused when newer than the checkpoint)."""
-    from exporters.cli import load_source
-
-    model, meta = load_source(str(checkpoint))
+def export_all(rows: list[Row], checkpoint: Path, model, meta, work: Path, batch: int) -> None:
+    """Write each row's artifact (of `model`, loaded from `checkpoint`) into `work`, reused when
+    newer than the checkpoint."""
     ckpt_time = Path(checkpoint if Path(checkpoint).is_file() else Path(checkpoint) / "model.safetensors").stat().st_mtime
     fresh = lambda p: p.exists() and p.stat().st_mtime >= ckpt_time
     onnx_path = work / f"model.b{batch}.onnx"
@@ -300,10 +291,11 @@ def main(argv=None) -> int:
     from exporters.cli import load_source
     from exporters.verify import sample_images
 
-    _, meta = load_source(str(checkpoint))
+    model, meta = load_source(str(checkpoint))
     rows = plan(a.runtimes, a.device)
     out.mkdir(parents=True, exist_ok=True)
-    export_all(rows, checkpoint, out / "artifacts", a.batch, a.device)
+    export_all(rows, checkpoint, model, meta, out / "artifacts", a.batch)
+    del model  # every runtime loads its own from the artifact
     live = [r for r in rows if r.status == "ok"]
     for row in live:
         row.result["size_mb"] = artifact_mb(row.artifact)

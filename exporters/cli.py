@@ -5,6 +5,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+from runtimes.base import first_line
 from runtimes.parity import FP16, Thresholds
 
 
@@ -22,7 +23,7 @@ def load_source(checkpoint: str, arch: str | None = None, canvas: tuple[int, int
     try:
         model, meta = load_any(checkpoint, arch=arch)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        fail(str(e).splitlines()[0])
+        fail(first_line(e))
     if canvas:
         set_canvas(model, meta, canvas)
     return model, meta

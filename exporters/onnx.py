@@ -19,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta
 
 from trainer.models import parse_canvas
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     try:
         export_onnx(model, meta, out, batch, a.flavor, a.opset)
     except onnx.checker.ValidationError as e:
-        fail(f"onnx.checker rejected {out}: {str(e).splitlines()[0]}")
+        fail(f"onnx.checker rejected {out}: {first_line(e)}")
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s; onnx.checker OK")
     if a.no_verify:
         return 0

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
 
 from .cli import add_verify_args, fail, load_source, thresholds_from
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         try:
             xml = convert(onnx_path, a.out, a.fp16_weights, batch)
         except ValueError as e:
-            fail(str(e).splitlines()[0])
+            fail(first_line(e))
         except Exception as e:  # OpenVINO's conversion errors (RuntimeError and frontend failures)
             from runtimes.openvino import ov_message
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runtimes import ENGINE_SUFFIXES
-from runtimes.base import ModelLoadError
+from runtimes.base import ModelLoadError, first_line
 from runtimes.meta import ModelMeta, read_onnx_meta
 from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, import_tensorrt, load_plugins,
                                make_logger, sidecar_path, version_tuple)
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
             fixed = None if a.max_batch else (a.batch if a.batch is not None else 1)
             profile = batch_profile(fixed, fixed, a.max_batch, a.opt_batch)
     except ValueError as e:
-        fail(str(e).splitlines()[0])
+        fail(first_line(e))
     try:
         trt = import_tensorrt()
         if not a.no_verify:
@@ -404,7 +404,7 @@ def main(argv=None) -> int:
     except ModelLoadError as e:
         fail(str(e), MISSING)
     except (EngineBuildError, ValueError) as e:
-        fail(str(e).splitlines()[0], 1)
+        fail(first_line(e), 1)
     print(f"wrote {a.out} ({a.out.stat().st_size / 2**20:.1f} MiB) + {sidecar_path(a.out).name} "
           f"in {time.perf_counter() - t0:.1f}s")
     if a.no_verify:

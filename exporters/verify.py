@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from runtimes.base import Detector
+from runtimes.base import Detector, first_line
 from runtimes.meta import ModelMeta
 from runtimes.parity import ParityReport, Thresholds, compare
 
@@ -25,7 +25,7 @@ def sample_images(meta: ModelMeta, n: int):
             gt = val.coco_dict()
             return [s.image for s in samples], gt, [s.image_id for s in samples], f"{val.name} ({len(samples)} images)"
         except Exception as e:  # unreadable here: fall back to synthetic images
-            print(f"note: dataset {spec!r} not readable here ({str(e).splitlines()[0]}); using synthetic images")
+            print(f"note: dataset {spec!r} not readable here ({first_line(e)}); using synthetic images")
     n = min(n, 32)
     return [render(7, i)[0] for i in range(n)], None, None, f"synthetic shapes ({n} images)"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Detections, Detector, ModelLoadError
+from .base import Detections, Detector, ModelLoadError, first_line
 from .image import ImageError
 from .meta import ModelMeta
 
@@ -36,8 +36,7 @@ def unavailable(runtime: str, device: str = "cpu") -> str | None:
         try:
             importlib.import_module(name)
         except Exception as e:  # a broken install raises more than ImportError
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return f"{name.split('.')[0]} not importable ({first}); {install}"
+            return f"{name.split('.')[0]} not importable ({first_line(e)}); {install}"
     gpu = device.startswith("cuda")
     if runtime in ("torch", "torchvision") and gpu:
         import torch
@@ -56,7 +55,7 @@ def unavailable(runtime: str, device: str = "cpu") -> str | None:
             if cuda.Device.count() == 0:
                 return "no CUDA GPU"
         except cuda.Error as e:
-            return f"no usable CUDA GPU ({(str(e).splitlines() or ['cuInit failed'])[0]})"
+            return f"no usable CUDA GPU ({first_line(e)})"
     return None
 
 

@@ -17,6 +17,11 @@ from .meta import ModelMeta
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when empty), for one-line errors."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class ModelLoadError(RuntimeError):
     """An artifact that cannot be loaded; the message is one line naming the file."""
 

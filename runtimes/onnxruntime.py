@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import OUTPUT_NAMES, Detector, ModelLoadError
+from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line
 from .meta import read_onnx_meta
 
 PLUGIN_DOMAIN = "frcnn.trt"
@@ -70,8 +70,7 @@ class OnnxRuntimeDetector(Detector):
             else:
                 self.session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(f"{self.path}: onnxruntime cannot load the model ({first})") from None
+            raise ModelLoadError(f"{self.path}: onnxruntime cannot load the model ({first_line(e)})") from None
         shape = self.session.get_inputs()[0].shape
         self.batch = shape[0] if isinstance(shape[0], int) else None
 

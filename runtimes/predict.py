@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import RUNTIMES, ModelLoadError, load
+from . import RUNTIMES, ModelLoadError, first_line, load
 from .coco import to_coco_results
 from .draw import draw_detections
 
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     try:
         detector = load(a.model, device=a.device, runtime=a.runtime)
     except (ModelLoadError, ImportError, ValueError) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(first_line(e))
 
     save_dir = a.save_dir or next_free_dir(Path("runs/predict") / default_name(a.source))
     save_dir.mkdir(parents=True, exist_ok=True)

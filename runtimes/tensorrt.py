@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import OUTPUT_NAMES, Detector, ModelLoadError
+from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line
 from .meta import ModelMeta
 
 INPUT_NAME = "images"
@@ -40,17 +40,13 @@ PLUGIN_LIBRARY_MISSING = ("the frcnn TensorRT plugin library is not built: run p
                           f"(or point ${PLUGIN_LIBRARY_ENV} at libfrcnn_trt_plugins.so)")
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 # ------------------------------------------------------------------ what must be installed
 def import_tensorrt():
     """The tensorrt module, or ModelLoadError with one line saying how to get it."""
     try:
         import tensorrt
     except Exception as e:  # bindings without libnvinfer raise ImportError/OSError with the missing .so
-        raise ModelLoadError(f"TensorRT is not installed or incomplete ({_first_line(e)}): "
+        raise ModelLoadError(f"TensorRT is not installed or incomplete ({first_line(e)}): "
                              f"{INSTALL_TENSORRT}") from None
     return tensorrt
 
@@ -60,7 +56,7 @@ def import_cuda():
     try:
         import pycuda.driver as cuda
     except Exception as e:
-        raise ModelLoadError(f"pycuda is not installed ({_first_line(e)}): {INSTALL_PYCUDA}") from None
+        raise ModelLoadError(f"pycuda is not installed ({first_line(e)}): {INSTALL_PYCUDA}") from None
     return cuda
 
 
@@ -90,7 +86,7 @@ def open_gpu(cuda, index: int):
         cuda.init()
         count = cuda.Device.count()
     except cuda.Error as e:
-        raise ModelLoadError(f"no usable CUDA GPU for TensorRT ({_first_line(e)})") from None
+        raise ModelLoadError(f"no usable CUDA GPU for TensorRT ({first_line(e)})") from None
     if count == 0:
         raise ModelLoadError("no CUDA GPU found: TensorRT engines run on an NVIDIA GPU")
     if index >= count:
@@ -184,7 +180,7 @@ def read_sidecar(engine) -> ModelMeta:
     try:
         meta = ModelMeta.from_json(path.read_text())
     except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
-        raise ModelLoadError(f"{path}: unreadable frcnn-deploy metadata ({_first_line(e)})") from None
+        raise ModelLoadError(f"{path}: unreadable frcnn-deploy metadata ({first_line(e)})") from None
     if meta.export.get("format") != "tensorrt":
         raise ModelLoadError(f"{path}: not the metadata of a TensorRT engine (format {meta.export.get('format')!r})")
     return meta
