@@ -13,13 +13,13 @@ runs per batch; "plain" is the loop of torchvision's detection reference scripts
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import sys
-import time
 
 import torch
-from tqdm import tqdm
 
+from benchmarks import timing
 from trainer.data import DatasetError, build_datasets
 from trainer.distributed import DeviceError, parse_device
 from trainer.loader import EpochBatchSampler, make_loader
@@ -85,21 +85,17 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     cursor = {"ours": 0, "plain": 0}
 
-    def steps(name: str, n: int) -> float:
-        sync(device)
-        t0 = time.perf_counter()
+    def steps(name: str, n: int) -> None:
         for _ in range(n):
             run[name](batches[cursor[name] % n_batches])
             cursor[name] += 1
-        sync(device)
-        return time.perf_counter() - t0
 
     for name in run:
         steps(name, a.warmup)
-    rates = {"ours": [], "plain": []}
-    for r in tqdm(range(a.rounds), desc="rounds", unit="round"):
-        for name in (("ours", "plain") if r % 2 == 0 else ("plain", "ours")):
-            rates[name].append(a.steps * a.batch_size / steps(name, a.steps))
+    # rounds alternate the two sides, so drift of the machine hits both alike
+    times = timing.interleaved({name: functools.partial(steps, name, a.steps) for name in run}, 0, a.rounds,
+                               sync=lambda: sync(device), desc="rounds")
+    rates = {name: [a.steps * a.batch_size / t for t in ts] for name, ts in times.items()}
     for name, values in rates.items():
         print(f"{name:>6s}: {statistics.median(values):7.2f} images/s median "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
