@@ -24,23 +24,11 @@ import itertools
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import timing
-
-STARTUP = """
-import sys, time
-t = time.perf_counter()
-import numpy as np
-from runtimes.openvino import OpenVINODetector
-d = OpenVINODetector(sys.argv[1], threads=int(sys.argv[2]), cache_dir=sys.argv[3] or None)
-loaded = time.perf_counter()
-d.infer(np.zeros((1, *d.canvas, 3), np.uint8))
-print(loaded - t, time.perf_counter() - loaded)
-"""
+from benchmarks import system, timing
 
 
 def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
@@ -59,22 +47,6 @@ def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
         export_onnx(model, meta, onnx_path, batch=1)
         convert(onnx_path, xml)
     return checkpoint, xml
-
-
-def startup(xml: Path, threads: int, cache: str) -> dict:
-    """Seconds to import + load + compile, and to run the first inference, in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", STARTUP, str(xml), str(threads), cache], capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).parents[1])
-    load, first = map(float, out.stdout.strip().splitlines()[-1].split())
-    return {"load_s": load, "first_inference_s": first}
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -125,10 +97,10 @@ def main(argv=None) -> int:
                  throughput_streams=int(throughput.compiled.get_property("NUM_STREAMS")))
 
     with tempfile.TemporaryDirectory() as cache:
-        starts = {"no_cache": startup(xml, a.threads, ""), "empty_cache": startup(xml, a.threads, cache),
-                  "warm_cache": startup(xml, a.threads, cache)}
+        starts = {name: timing.fresh_start(xml, "openvino", threads=a.threads, cache_dir=cache_dir)
+                  for name, cache_dir in (("no_cache", None), ("empty_cache", cache), ("warm_cache", cache))}
 
-    env = {"cpu": cpu_name(), "python": platform.python_version(),
+    env = {"cpu": system.cpu_model(), "python": platform.python_version(),
            "openvino": ov.get_version(), "torch": torch.__version__, "threads": a.threads,
            "precision": "f32 (INFERENCE_PRECISION_HINT pinned)", "checkpoint": str(checkpoint)}
     for name, s in stats.items():

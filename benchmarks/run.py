@@ -35,22 +35,6 @@ from runtimes.base import first_line  # noqa: E402
 DEFAULT_RUN = Path("runs/default-tiny")
 ALL = ("torch", "onnxruntime", "openvino", "tensorrt")
 THREADED = ("torch", "torchvision", "onnxruntime", "openvino")
-PROBE = r"""
-import json, resource, sys, time
-t0 = time.perf_counter()
-import numpy as np, runtimes
-path, runtime, device, threads, batch = sys.argv[1:6]
-opts = {"threads": int(threads)} if int(threads) else {}
-det = runtimes.load(path, device=device, runtime=runtime, **opts)
-h, w = det.canvas
-det.infer_batched(np.zeros((int(batch), h, w, 3), np.uint8))
-startup = time.perf_counter() - t0
-try:  # VmHWM is this process's own peak; ru_maxrss would include the parent's from before exec
-    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-except (OSError, StopIteration):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"startup_s": startup, "peak_mb": peak / 1024}))
-"""
 
 
 @dataclass
@@ -175,13 +159,11 @@ def artifact_mb(path: Path) -> float:
 # ------------------------------------------------------------------ measurements
 def probe(row: Row, device: str, threads: int, batch: int) -> None:
     """Start-up time (imports + load + first inference) and peak RSS, in a fresh process."""
-    cmd = [sys.executable, "-c", PROBE, str(row.artifact), row.runtime, device,
-           str(threads if row.runtime in THREADED else 0), str(batch)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
-    if r.returncode != 0:
-        row.status = f"load failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
-        return
-    row.result.update(json.loads(r.stdout.strip().splitlines()[-1]))
+    opts = {"threads": threads} if row.runtime in THREADED else {}
+    try:
+        row.result.update(timing.fresh_start(row.artifact, row.runtime, device, batch, **opts))
+    except RuntimeError as e:
+        row.status = f"load failed: {e}"
 
 
 def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path) -> None:

@@ -1,8 +1,13 @@
 """Latency measurement: warm-up, then runtimes alternating in rounds, so that drift of the
-machine (other load, clocks) hits every runtime alike. No timing happens in unit tests."""
+machine (other load, clocks) hits every runtime alike; start-up in a fresh process. No timing
+happens in unit tests."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -42,3 +47,33 @@ def interleaved(calls: dict[str, Callable[[], object]], warmup: int, iters: int 
         bar.update(1)
     bar.close()
     return times
+
+
+PROBE = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np, runtimes
+path, runtime, device, batch, opts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
+det = runtimes.load(path, device=device, runtime=runtime, **opts)
+loaded = time.perf_counter()
+h, w = det.canvas
+det.infer_batched(np.zeros((batch, h, w, 3), np.uint8))
+end = time.perf_counter()
+try:  # VmHWM is this process's own peak; ru_maxrss would include the parent's from before exec
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"startup_s": end - t0, "load_s": loaded - t0, "first_inference_s": end - loaded,
+                  "peak_mb": peak / 1024}))
+"""
+
+
+def fresh_start(artifact, runtime: str, device: str = "cpu", batch: int = 1, **options) -> dict:
+    """Start-up of `artifact` in a fresh process: seconds to import + load (load_s), to run the
+    first inference (first_inference_s), both (startup_s), and peak RSS (peak_mb). `options` go
+    to runtimes.load. RuntimeError with the child's last line when it fails."""
+    cmd = [sys.executable, "-c", PROBE, str(artifact), runtime, device, str(batch), json.dumps(options)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+    if r.returncode != 0:
+        raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
