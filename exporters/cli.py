@@ -35,17 +35,27 @@ _OPTIONS = (("--min-matched", "min_matched", "least fraction of detections match
             ("--max-map-diff", "max_map_diff", "largest mAP difference"))
 
 
-def add_verify_args(p: argparse.ArgumentParser, fp16_flag: str | None = None) -> None:
+def add_verify_args(p: argparse.ArgumentParser, fp16_flag: str | None = None, onnx_source: bool = False) -> None:
     """Parity options. Defaults are runtimes.parity.Thresholds, or parity.FP16 when the command's
-    `fp16_flag` is given (see thresholds_from)."""
+    `fp16_flag` is given (see thresholds_from). `onnx_source`: the command also builds from
+    --onnx, so it takes --reference-checkpoint (see check_reference_arg)."""
     g = p.add_argument_group("parity check against PyTorch")
     g.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    if onnx_source:
+        g.add_argument("--reference-checkpoint",
+                       help="with --onnx: check parity against this checkpoint in PyTorch instead of ONNX Runtime")
     g.add_argument("--parity-images", type=int, default=16, help="images to compare (default 16)")
     for option, field, text in _OPTIONS:
         default = getattr(Thresholds, field)
         fp16 = f", {getattr(FP16, field)} with {fp16_flag}" if fp16_flag else ""
         g.add_argument(option, type=float, dest=field, metavar=option[2:].upper().replace("-", "_"),
                        help=f"{text} (default {default}{fp16})")
+
+
+def check_reference_arg(a: argparse.Namespace) -> None:
+    """One line, before any work, when --reference-checkpoint comes without --onnx."""
+    if a.reference_checkpoint and not a.onnx:
+        fail("--reference-checkpoint goes with --onnx (with --checkpoint that checkpoint is the reference)")
 
 
 def thresholds_from(a: argparse.Namespace, fp16: bool = False) -> Thresholds:

@@ -20,7 +20,7 @@ from pathlib import Path
 from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
 
-from .cli import add_verify_args, fail, load_source, thresholds_from
+from .cli import add_verify_args, check_reference_arg, fail, load_source
 
 def onnx_meta(onnx_path: Path) -> ModelMeta:
     """The metadata of a standard-flavour ONNX file (OpenVINO cannot run plugin nodes)."""
@@ -70,15 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, help="fixed batch size (default: the ONNX's; 1 from a checkpoint)")
     g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
-    p.add_argument("--reference-checkpoint",
-                   help="with --onnx: check parity against this checkpoint in PyTorch instead of ONNX Runtime")
     p.add_argument("--device", default="CPU", help="OpenVINO device for the parity check (default CPU)")
-    add_verify_args(p, "--fp16-weights")
+    add_verify_args(p, "--fp16-weights", onnx_source=True)
     a = p.parse_args(argv)
     if a.batch is not None and a.batch < 1:
         fail("--batch must be at least 1")
-    if a.reference_checkpoint and not a.onnx:
-        fail("--reference-checkpoint goes with --onnx (with --checkpoint that checkpoint is the reference)")
+    check_reference_arg(a)
     return a
 
 
@@ -119,15 +116,13 @@ def verify_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
     """Parity of the IR (through runtimes.load) against PyTorch, or against ONNX Runtime on the source ONNX."""
     import runtimes
 
-    from .verify import pick_reference, print_report, verify
+    from .verify import verify_artifact
 
     try:
         test = runtimes.load(xml, device=a.device)
     except runtimes.ModelLoadError as e:
         fail(str(e))
-    reference = pick_reference(model, test.meta, a.onnx, a.reference_checkpoint)
-    report = verify(test, reference, test.meta, a.parity_images, thresholds_from(a, a.fp16_weights))
-    return print_report(report, str(xml))
+    return verify_artifact(test, str(xml), a, model, fp16=a.fp16_weights)
 
 
 if __name__ == "__main__":

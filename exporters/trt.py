@@ -44,7 +44,7 @@ from runtimes.meta import ModelMeta, read_onnx_meta
 from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, import_tensorrt, load_plugins,
                                make_logger, sidecar_path, version_tuple)
 
-from .cli import add_verify_args, fail, load_source, thresholds_from
+from .cli import add_verify_args, check_reference_arg, fail, load_source
 
 MISSING = 3  # exit code: something to install or build is missing
 FLAVOR = {"custom": "trt", "builtin": "onnx"}  # --plugins -> the ONNX flavour it builds from
@@ -313,16 +313,13 @@ def verify_engine(engine: Path, a: argparse.Namespace, model=None, meta: ModelMe
     """Parity of the engine (through runtimes.tensorrt) against PyTorch, or ONNX Runtime on --onnx."""
     from runtimes.tensorrt import TensorRTDetector
 
-    from .verify import pick_reference, print_report, verify
+    from .verify import verify_artifact
 
     try:
         test = TensorRTDetector(engine, plugins=a.plugin_library)
     except ModelLoadError as e:
         fail(str(e), MISSING)
-    reference = pick_reference(model, meta, a.onnx, a.reference_checkpoint)
-    fp16 = test.meta.export.get("precision") == "fp16"
-    report = verify(test, reference, test.meta, a.parity_images, thresholds_from(a, fp16))
-    return print_report(report, str(engine))
+    return verify_artifact(test, str(engine), a, model, meta, fp16=test.meta.export.get("precision") == "fp16")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -347,10 +344,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "$FRCNN_TRT_PLUGINS or plugins/build/)")
     p.add_argument("--strongly-typed", action="store_true", help="TensorRT 10: build fp16 from the mixed-precision "
                    "ONNX, as on TensorRT 11 (default there: BuilderFlag.FP16 on the fp32 graph)")
-    p.add_argument("--reference-checkpoint", help="with --onnx: check parity against this checkpoint in PyTorch "
-                                                  "instead of ONNX Runtime")
     p.add_argument("--verbose", action="store_true", help="print TensorRT's info messages")
-    add_verify_args(p, "--fp16")
+    add_verify_args(p, "--fp16", onnx_source=True)
     return p.parse_args(argv)
 
 
@@ -360,8 +355,7 @@ def main(argv=None) -> int:
         fail(f"--out {a.out}: use a {' or '.join(ENGINE_SUFFIXES)} file name (runtimes.load picks TensorRT by it)")
     if a.workspace is not None and a.workspace <= 0:
         fail("--workspace must be a positive number of GiB")
-    if a.reference_checkpoint and not a.onnx:
-        fail("--reference-checkpoint goes with --onnx (with --checkpoint that checkpoint is the reference)")
+    check_reference_arg(a)
     onnx_precision = None
     try:
         if a.onnx:

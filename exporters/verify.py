@@ -9,6 +9,8 @@ from runtimes.base import Detector, first_line
 from runtimes.meta import ModelMeta
 from runtimes.parity import ParityReport, Thresholds, compare
 
+from .cli import fail, load_source, thresholds_from
+
 
 def sample_images(meta: ModelMeta, n: int):
     """(images, gt, image_ids, source): the checkpoint's validation images when its dataset can be
@@ -49,8 +51,6 @@ def pick_reference(model=None, meta: ModelMeta | None = None, onnx=None, referen
     import runtimes
     from runtimes.torch import TorchDetector
 
-    from .cli import fail, load_source
-
     if model is None and reference_checkpoint:
         model, meta = load_source(reference_checkpoint)
     if model is not None:
@@ -62,6 +62,14 @@ def pick_reference(model=None, meta: ModelMeta | None = None, onnx=None, referen
         fail(f"{e}; compare against PyTorch with --reference-checkpoint, or skip with --no-verify")
     print(f"parity reference: ONNX Runtime on {onnx} (--reference-checkpoint compares against PyTorch)")
     return reference
+
+
+def verify_artifact(test: Detector, name: str, a, model=None, meta: ModelMeta | None = None,
+                    fp16: bool = False) -> bool:
+    """The exporters' check of a built artifact: `test` against pick_reference, with the
+    thresholds of the command's options (add_verify_args); prints the report."""
+    reference = pick_reference(model, meta or test.meta, a.onnx, a.reference_checkpoint)
+    return print_report(verify(test, reference, test.meta, a.parity_images, thresholds_from(a, fp16)), name)
 
 
 def print_report(report: ParityReport, name: str) -> bool:
