@@ -124,6 +124,14 @@ def batch_profile(onnx_batch: int | None, batch: int | None = None, max_batch: i
     return n, n, n
 
 
+def checkpoint_profile(batch: int | None = 1, max_batch: int | None = None,
+                       opt_batch: int | None = None) -> tuple[int, int, int]:
+    """The profile of an engine built from a checkpoint, whose ONNX is exported to fit it:
+    a fixed `batch` (default 1), or dynamic up to `max_batch`."""
+    fixed = None if max_batch is not None else (1 if batch is None else batch)
+    return batch_profile(fixed, fixed, max_batch, opt_batch)
+
+
 def plugins_for(flavor: str, plugins: str | None = None) -> str:
     """The plugins an ONNX of `flavor` needs; ValueError when `plugins` asks for the other kind."""
     needed = {v: k for k, v in FLAVOR.items()}.get(flavor)
@@ -293,10 +301,19 @@ def build_from_checkpoint(model, meta: ModelMeta, out, fp16: bool = False, batch
     """Export the ONNX the installed TensorRT needs into a temporary folder and build the engine from it."""
     trt = import_tensorrt()
     plan = precision_plan(trt.__version__, fp16, strongly_typed=strongly_typed)
-    fixed = None if max_batch else (batch or 1)
-    profile = batch_profile(fixed, fixed, max_batch, opt_batch)
+    profile = checkpoint_profile(batch, max_batch, opt_batch)
     if plugins == "custom":
         plugin_library = find_plugin_library(plugin_library)  # fail before the export, not after
+    return export_and_build(model, meta, out, plan, profile, plugins, plugin_library, workspace_gib, timing_cache,
+                            verbose, log)
+
+
+def export_and_build(model, meta: ModelMeta, out, plan: Precision, profile: tuple[int, int, int],
+                     plugins: str = "custom", plugin_library=None, workspace_gib: float | None = None,
+                     timing_cache=None, verbose: bool = False, log=print) -> Path:
+    """build_from_checkpoint once the plan, the profile and the plugin library are known."""
+    low, _, high = profile
+    fixed = low if low == high else None
     with tempfile.TemporaryDirectory(prefix="frcnn-trt-") as tmp:
         onnx_path = Path(tmp) / ("model.trt.onnx" if FLAVOR[plugins] == "trt" else "model.onnx")
         log(f"exporting ONNX (flavor {FLAVOR[plugins]}, {'mixed-fp16' if plan.half_onnx else 'fp32'}, "
@@ -367,8 +384,7 @@ def main(argv=None) -> int:
             profile = batch_profile(onnx_meta.export.get("batch"), a.batch, a.max_batch, a.opt_batch)
         else:
             plugins = a.plugins or "custom"
-            fixed = None if a.max_batch else (a.batch if a.batch is not None else 1)
-            profile = batch_profile(fixed, fixed, a.max_batch, a.opt_batch)
+            profile = checkpoint_profile(a.batch, a.max_batch, a.opt_batch)
     except ValueError as e:
         fail(first_line(e))
     try:
@@ -390,8 +406,8 @@ def main(argv=None) -> int:
     try:
         if a.checkpoint:
             model, meta = load_source(a.checkpoint)
-            build_from_checkpoint(model, meta, a.out, a.fp16, a.batch, a.max_batch, a.opt_batch, plugins, library,
-                                  a.workspace, a.timing_cache, a.strongly_typed, a.verbose)
+            export_and_build(model, meta, a.out, plan, profile, plugins, library, a.workspace, a.timing_cache,
+                             a.verbose)
         else:
             build_engine(a.onnx, a.out, onnx_meta, plan, profile, plugins, library, a.workspace, a.timing_cache,
                          a.verbose)

@@ -18,7 +18,7 @@ import pytest
 
 import runtimes
 from exporters import trt as trt_export
-from exporters.trt import batch_profile, plugins_for, precision_plan
+from exporters.trt import batch_profile, checkpoint_profile, plugins_for, precision_plan
 from runtimes import tensorrt as trt_runtime
 from runtimes.base import ModelLoadError
 from runtimes.tensorrt import device_index, find_plugin_library, read_sidecar, sidecar_path
@@ -76,6 +76,11 @@ def test_batch_profiles():
                             (dict(onnx_batch=None, opt_batch=2), "goes with --max-batch")]:
         with pytest.raises(ValueError, match=message):
             batch_profile(**kwargs)
+    # from a checkpoint the ONNX is exported to fit: batch 1 by default, --batch 0 refused as with --onnx
+    assert checkpoint_profile() == checkpoint_profile(None) == (1, 1, 1) and checkpoint_profile(3) == (3, 3, 3)
+    assert checkpoint_profile(None, max_batch=4) == (1, 4, 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        checkpoint_profile(0)
 
 
 def test_plugins_follow_the_onnx_flavour():
