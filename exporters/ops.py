@@ -13,9 +13,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-PLUGIN_DOMAIN = "frcnn.trt"
-NMS_PLUGIN = "FrcnnBatchedNMS"
-ROI_ALIGN_PLUGIN = "FrcnnMultilevelRoIAlign"
+from plugins import NMS_PLUGIN, PLUGIN_DOMAIN, ROI_ALIGN_PLUGIN
 
 
 @torch.library.custom_op("frcnn::batched_nms", mutates_args=())

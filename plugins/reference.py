@@ -20,13 +20,12 @@ import onnxruntime as ort
 import onnxruntime_extensions
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-from plugins import host
+from plugins import PLUGIN_DOMAIN, host
+from plugins import NMS_PLUGIN as BATCHED_NMS
+from plugins import ROI_ALIGN_PLUGIN as ROI_ALIGN
 from plugins.params import MAX_LEVELS
 
-PLUGIN_DOMAIN = "frcnn.trt"
 REFERENCE_DOMAIN = "ai.onnx.contrib"
-ROI_ALIGN = "FrcnnMultilevelRoIAlign"
-BATCHED_NMS = "FrcnnBatchedNMS"
 
 _ROI_ALIGN_ATTRIBUTES = {
     "pooled_size": PyCustomOpDef.dt_int64,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from plugins import PLUGIN_DOMAIN
+
 from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line
 from .meta import read_onnx_meta
-
-PLUGIN_DOMAIN = "frcnn.trt"
 
 
 def _providers(device: str) -> list:

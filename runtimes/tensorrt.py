@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plugins import NMS_PLUGIN, PLUGIN_VERSION
+
 from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line
 from .meta import ModelMeta
 
@@ -159,7 +161,7 @@ def load_plugins(trt, logger, plugins: str, library: Path | None = None) -> None
     if handle is None:  # also None when its plugins were registered already, e.g. by another loader
         registry = trt.get_plugin_registry()
         get_creator = getattr(registry, "get_creator", None)
-        if get_creator is None or get_creator("FrcnnBatchedNMS", "1", "") is None:
+        if get_creator is None or get_creator(NMS_PLUGIN, PLUGIN_VERSION, "") is None:
             raise ModelLoadError(f"TensorRT could not load the plugin library {key} ({logger.last_error()}); "
                                  "rebuild it with python -m plugins.build")
     _loaded_libraries[key] = handle
