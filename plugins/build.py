@@ -26,7 +26,7 @@ PLUGIN_LIBRARY = BUILD_DIR / "libfrcnn_trt_plugins.so"
 
 # CUDA 13 supports sm_75 and newer; 87 is Jetson Orin. PTX for 90 lets newer GPUs JIT-compile.
 DEFAULT_ARCHS = "75;80;86;87;89;90"
-ALGORITHM_HEADERS = ["hostdevice.h", "roi_align.h", "nms.h"]
+HEADERS = ["hostdevice.h", "roi_align.h", "nms.h", "kernels.h", "plugin_common.h"]  # any may touch any source
 HOST_SOURCES = ["host_reference.cpp"]
 KERNEL_SOURCES = ["kernels.cu"]
 LAUNCHER_SOURCES = ["cuda_launcher.cu"]
@@ -94,7 +94,7 @@ def _is_stale(library: Path, sources: list[str]) -> bool:
     if not library.is_file():
         return True
     built = library.stat().st_mtime
-    return any((SOURCE_DIR / name).stat().st_mtime > built for name in sources + ALGORITHM_HEADERS)
+    return any((SOURCE_DIR / name).stat().st_mtime > built for name in sources + HEADERS)
 
 
 def _link_atomically(library: Path, link) -> Path:
@@ -125,7 +125,13 @@ def compile_kernels_object(output: Path, archs: str = "80") -> Path:
     return output
 
 
-def _build_cuda_library(library: Path, sources: list[str], archs: str, extra_flags: list[str]) -> Path:
+def _build_cuda_library(library: Path, sources: list[str], archs: str, extra_flags: list[str],
+                        force: bool = True) -> Path:
+    """nvcc build; with force=False skipped when the library is newer than its sources and was
+    built for the same `archs` (recorded beside it)."""
+    stamp = library.with_name(library.name + ".archs")
+    if not force and not _is_stale(library, sources) and stamp.is_file() and stamp.read_text() == archs:
+        return library
     nvcc = find_nvcc()
     flags = ["-std=c++17", "-O2", "-Xcompiler", "-fPIC,-fvisibility=hidden", *extra_flags]
     with tempfile.TemporaryDirectory() as scratch:
@@ -135,12 +141,13 @@ def _build_cuda_library(library: Path, sources: list[str], archs: str, extra_fla
             cuda = name.endswith(".cu")
             _run([nvcc, *flags, *(arch_flags(archs) if cuda else []), "-c", "-o", obj, SOURCE_DIR / name])
             objects.append(obj)
-        return _link_atomically(library, lambda out: _run(
-            [nvcc, "-shared", *arch_flags(archs), "-o", out, *objects]))
+        _link_atomically(library, lambda out: _run([nvcc, "-shared", *arch_flags(archs), "-o", out, *objects]))
+    stamp.write_text(archs)
+    return library
 
 
-def build_kernel_library(archs: str = DEFAULT_ARCHS) -> Path:
-    return _build_cuda_library(KERNEL_LIBRARY, KERNEL_SOURCES + LAUNCHER_SOURCES, archs, [])
+def build_kernel_library(archs: str = DEFAULT_ARCHS, force: bool = True) -> Path:
+    return _build_cuda_library(KERNEL_LIBRARY, KERNEL_SOURCES + LAUNCHER_SOURCES, archs, [], force)
 
 
 def build_plugin_library(archs: str = DEFAULT_ARCHS) -> Path:

@@ -15,7 +15,7 @@ from plugins.params import NmsParams, RoIAlignParams, check_struct_sizes, nms_pa
 @lru_cache(maxsize=1)
 def load_library() -> ctypes.CDLL:
     """Builds the kernels for the GPU at hand (nvcc -arch=native), once per process."""
-    library = ctypes.CDLL(str(build.build_kernel_library("native")))
+    library = ctypes.CDLL(str(build.build_kernel_library("native", force=False)))
     check_struct_sizes(library)
     p = ctypes.c_void_p
     library.frcnn_cuda_multilevel_roi_align.argtypes = [p, ctypes.POINTER(p), ctypes.c_int,
