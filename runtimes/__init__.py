@@ -48,14 +48,12 @@ def unavailable(runtime: str, device: str = "cpu") -> str | None:
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             return "onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)"
     if runtime == "tensorrt":
-        import pycuda.driver as cuda
+        from .tensorrt import device_index, find_gpu, import_cuda
 
         try:
-            cuda.init()
-            if cuda.Device.count() == 0:
-                return "no CUDA GPU"
-        except cuda.Error as e:
-            return f"no usable CUDA GPU ({first_line(e)})"
+            find_gpu(import_cuda(), device_index(device))
+        except ModelLoadError as e:
+            return str(e)
     return None
 
 

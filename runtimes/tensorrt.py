@@ -82,8 +82,8 @@ def device_index(device: str | None) -> int:
     return int(m.group(1))
 
 
-def open_gpu(cuda, index: int):
-    """Retain the primary context of GPU `index`; ModelLoadError when there is no usable GPU."""
+def find_gpu(cuda, index: int) -> None:
+    """ModelLoadError with one line when GPU `index` is not there or not usable."""
     try:
         cuda.init()
         count = cuda.Device.count()
@@ -93,6 +93,11 @@ def open_gpu(cuda, index: int):
         raise ModelLoadError("no CUDA GPU found: TensorRT engines run on an NVIDIA GPU")
     if index >= count:
         raise ModelLoadError(f"device cuda:{index} does not exist ({count} CUDA GPU(s) here)")
+
+
+def open_gpu(cuda, index: int):
+    """Retain the primary context of GPU `index`; ModelLoadError when there is no usable GPU."""
+    find_gpu(cuda, index)
     device = cuda.Device(index)
     return device, device.retain_primary_context()
 
