@@ -17,6 +17,13 @@ from .meta import ModelMeta
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
 
 
+def pad_batch(canvas: np.ndarray, size: int) -> np.ndarray:
+    """`canvas` with blank images appended up to `size` (a fixed-batch artifact's last chunk)."""
+    if len(canvas) >= size:
+        return canvas
+    return np.concatenate([canvas, np.zeros((size - len(canvas), *canvas.shape[1:]), canvas.dtype)])
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name when empty), for one-line errors."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -69,10 +76,7 @@ class Detector:
         parts = []
         for start in range(0, len(canvas), self.batch):
             chunk = canvas[start: start + self.batch]
-            n = len(chunk)
-            if n < self.batch:
-                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            parts.append({k: v[:n] for k, v in self.infer(chunk).items()})
+            parts.append({k: v[: len(chunk)] for k, v in self.infer(pad_batch(chunk, self.batch)).items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
 
     def postprocess(self, out: dict[str, np.ndarray], boxes: list[Letterbox], threshold: float | None) -> list[Detections]:

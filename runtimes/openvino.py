@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import OUTPUT_NAMES, Detections, Detector, ModelLoadError
+from .base import OUTPUT_NAMES, Detections, Detector, ModelLoadError, pad_batch
 from .meta import META_KEY, ModelMeta
 
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -216,10 +216,8 @@ class OpenVINODetector(Detector):
 
     def _stage(self, images: list[np.ndarray], pending: deque) -> np.ndarray:
         canvas, boxes = self.prepare(images)
-        if self.batch and len(images) < self.batch:  # a fixed-batch IR: pad the last batch
-            canvas = np.concatenate([canvas, np.zeros((self.batch - len(images), *canvas.shape[1:]), np.uint8)])
         pending.append(boxes)
-        return canvas
+        return pad_batch(canvas, self.batch) if self.batch else canvas  # a fixed-batch IR: pad the last batch
 
     def __repr__(self) -> str:
         return (f"OpenVINODetector({self.path}, device={self.device}, mode={self.mode}, precision={self.precision}, "
