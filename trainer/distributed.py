@@ -35,7 +35,6 @@ def parse_device(name: str | None) -> torch.device:
 class Dist:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +56,7 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank), device
+    return Dist(rank, world_size), device
 
 
 def barrier(d: Dist) -> None:
@@ -74,6 +73,7 @@ def gather(d: Dist, obj) -> list:
     return out
 
 
-def cleanup(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+def cleanup() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

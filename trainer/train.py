@@ -515,6 +515,5 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        distributed.cleanup(distributed.Dist(int(os.environ.get("RANK", "0")),
-                                             int(os.environ.get("WORLD_SIZE", "1"))))
+        distributed.cleanup()
     return 0
