@@ -33,18 +33,13 @@ from benchmarks import system, timing
 
 def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
     """(checkpoint, IR .xml): the given checkpoint or a random R50-FPN, exported once into `work`."""
-    from benchmarks.run import random_model
-    from exporters.cli import load_source
-    from exporters.onnx import export_onnx
+    from benchmarks.run import exported_onnx
     from exporters.openvino import convert
 
-    checkpoint = Path(checkpoint) if checkpoint else random_model("resnet50_fpn", work)
-    xml, onnx_path = work / "ir" / "model.xml", work / "model.onnx"
-    if not xml.exists() or xml.stat().st_mtime < checkpoint.stat().st_mtime:
-        model, meta = load_source(str(checkpoint))
-        print(f"exporting {meta.arch} {meta.canvas[0]}x{meta.canvas[1]} to ONNX and OpenVINO IR in {work} ...",
-              flush=True)
-        export_onnx(model, meta, onnx_path, batch=1)
+    checkpoint, onnx_path = exported_onnx(work, checkpoint)
+    xml = work / "ir" / "model.xml"
+    if not xml.exists() or xml.stat().st_mtime < onnx_path.stat().st_mtime:
+        print(f"converting {onnx_path} to OpenVINO IR ...", flush=True)
         convert(onnx_path, xml)
     return checkpoint, xml
 

@@ -85,6 +85,21 @@ def random_model(arch: str, work: Path) -> Path:
     return path
 
 
+def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path]:
+    """(checkpoint, work/model.onnx): `checkpoint`, or a random R50-FPN with COCO's classes
+    (800x1344), exported to standard ONNX (batch 1) unless an export newer than it is there."""
+    from exporters.cli import load_source
+    from exporters.onnx import export_onnx
+
+    checkpoint = Path(checkpoint) if checkpoint else random_model("resnet50_fpn", work)
+    onnx_path = work / "model.onnx"
+    if not onnx_path.exists() or onnx_path.stat().st_mtime < checkpoint.stat().st_mtime:
+        model, meta = load_source(str(checkpoint))
+        print(f"exporting {meta.arch} {meta.canvas[0]}x{meta.canvas[1]} to {onnx_path} ...", flush=True)
+        export_onnx(model, meta, onnx_path, batch=1)
+    return checkpoint, onnx_path
+
+
 def plan(wanted: list[str], device: str) -> list[Row]:
     """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
     graph (the parity reference), then each requested runtime and precision."""
