@@ -77,8 +77,12 @@ class OnnxRuntimeDetector(Detector):
                 from plugins.reference import reference_session
 
                 self.session = reference_session(model, providers=providers, sess_options=so)
+            elif self.winograd_convs:
+                data = model.SerializeToString()
+                del model  # the rewritten graph lives on in `data` and then in the session: one copy at a time
+                self.session = ort.InferenceSession(data, so, providers=providers)
             else:
-                self.session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+                self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:
             raise ModelLoadError(f"{self.path}: onnxruntime cannot load the model ({first_line(e)})") from None
         shape = self.session.get_inputs()[0].shape
