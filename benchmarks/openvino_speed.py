@@ -20,7 +20,6 @@ Reports, all with --threads threads:
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import statistics
@@ -29,16 +28,16 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import system, timing
+from benchmarks.run import add_speed_args, check_speed_args, exported_onnx, newer_than
 
 
 def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
     """(checkpoint, IR .xml): the given checkpoint or a random R50-FPN, exported once into `work`."""
-    from benchmarks.run import exported_onnx
     from exporters.openvino import convert
 
     checkpoint, onnx_path = exported_onnx(work, checkpoint)
     xml = work / "ir" / "model.xml"
-    if not xml.exists() or xml.stat().st_mtime < onnx_path.stat().st_mtime:
+    if not newer_than(xml, onnx_path):
         print(f"converting {onnx_path} to OpenVINO IR ...", flush=True)
         convert(onnx_path, xml)
     return checkpoint, xml
@@ -47,37 +46,27 @@ def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.openvino_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="checkpoint to time (default: a random R50-FPN, COCO classes, 800x1344)")
-    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "frcnn-openvino-speed",
-                   help="where the exported files are kept between runs (default %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
-    p.add_argument("--images", type=int, default=3, help="distinct test images (default 3)")
-    p.add_argument("--rounds", type=int, default=4, help="passes over the images, runtimes alternating (default 4)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed images per runtime first (default 2)")
+    add_speed_args(p, "frcnn-openvino-speed")
     p.add_argument("--stream-images", type=int, default=8, help="images per img/s run (default 8)")
     p.add_argument("--stream-rounds", type=int, default=2, help="img/s runs per mode, alternating (default 2)")
-    p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
+    check_speed_args(p, a)
+    if min(a.stream_images, a.stream_rounds) < 1:
+        p.error("--stream-images and --stream-rounds must be at least 1")
 
     import openvino as ov
     import torch
 
     import runtimes
     from runtimes.openvino import OpenVINODetector
-    from trainer.data.shapes import render
 
     checkpoint, xml = prepare(a.work_dir, a.checkpoint)
-    # COCO-like photos: 480x640 images, letterboxed onto the canvas by every runtime alike
-    images = [render(3, i, size_range=((480, 481), (640, 641)))[0] for i in range(a.images)]
+    images = timing.photos(a.images)
     latency = OpenVINODetector(xml, threads=a.threads, cache_dir=None)
     detectors = {"torchvision": runtimes.load(checkpoint, runtime="torchvision", threads=a.threads),
                  "openvino": latency}
     print(f"end to end, batch 1, {a.threads} threads: {a.rounds} rounds x {a.images} images per runtime")
-    # each runtime walks the same images in the same order, one image per call
-    feeds = {name: itertools.cycle(images) for name in detectors}
-    calls = {name: (lambda n=name, d=det: d(next(feeds[n]))) for name, det in detectors.items()}
-    times = timing.interleaved(calls, a.warmup, a.rounds * a.images, desc="end to end")
-    stats = {name: timing.percentiles(ts) for name, ts in times.items()}
+    stats = timing.end_to_end(detectors, images, a.warmup, a.rounds)
     ratio = stats["torchvision"]["p50_ms"] / stats["openvino"]["p50_ms"]
 
     stream = [images[i % len(images)] for i in range(a.stream_images)]
@@ -98,8 +87,6 @@ def main(argv=None) -> int:
     env = {"cpu": system.cpu_model(), "python": platform.python_version(),
            "openvino": ov.get_version(), "torch": torch.__version__, "threads": a.threads,
            "precision": "f32 (INFERENCE_PRECISION_HINT pinned)", "checkpoint": str(checkpoint)}
-    for name, s in stats.items():
-        print(f"  {name:12s} p50 {s['p50_ms']:8.1f} ms   p90 {s['p90_ms']:8.1f} ms   (n={s['n']})")
     print(f"  openvino is {ratio:.2f}x faster than torchvision at p50")
     print(f"  openvino latency mode {rates['latency_img_s']:.2f} img/s; throughput mode "
           f"{rates['throughput_img_s']:.2f} img/s ({rates['throughput_streams']} streams, "

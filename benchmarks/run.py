@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,31 @@ def random_model(arch: str, work: Path) -> Path:
     return path
 
 
+def newer_than(artifact: Path, checkpoint: Path) -> bool:
+    """Whether `artifact` exists and was written after `checkpoint` (a file, or a run dir's weights)."""
+    weights = checkpoint if checkpoint.is_file() else checkpoint / "model.safetensors"
+    return artifact.exists() and artifact.stat().st_mtime >= weights.stat().st_mtime
+
+
+def add_speed_args(p: argparse.ArgumentParser, work_name: str) -> None:
+    """The options of the focused speed scripts: which model (exported_onnx), threads, images, rounds."""
+    p.add_argument("--checkpoint", help="checkpoint to time (default: a random R50-FPN, COCO classes, 800x1344)")
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / work_name,
+                   help="where the exported files are kept between runs (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
+    p.add_argument("--images", type=int, default=3, help="distinct test images (default 3)")
+    p.add_argument("--rounds", type=int, default=4, help="passes over the images, alternating (default 4)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each first (default 2)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+
+
+def check_speed_args(p: argparse.ArgumentParser, a) -> None:
+    if min(a.threads, a.images, a.rounds) < 1 or a.warmup < 0:
+        p.error("--threads, --images and --rounds must be at least 1, --warmup at least 0")
+    if a.checkpoint and not Path(a.checkpoint).exists():
+        p.error(f"--checkpoint {a.checkpoint}: no such file or directory")
+
+
 def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path]:
     """(checkpoint, work/model.onnx): `checkpoint`, or a random R50-FPN with COCO's classes
     (800x1344), exported to standard ONNX (batch 1) unless an export newer than it is there."""
@@ -93,7 +119,7 @@ def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path
 
     checkpoint = Path(checkpoint) if checkpoint else random_model("resnet50_fpn", work)
     onnx_path = work / "model.onnx"
-    if not onnx_path.exists() or onnx_path.stat().st_mtime < checkpoint.stat().st_mtime:
+    if not newer_than(onnx_path, checkpoint):
         model, meta = load_source(str(checkpoint))
         print(f"exporting {meta.arch} {meta.canvas[0]}x{meta.canvas[1]} to {onnx_path} ...", flush=True)
         export_onnx(model, meta, onnx_path, batch=1)
@@ -122,8 +148,7 @@ def plan(wanted: list[str], device: str) -> list[Row]:
 def export_all(rows: list[Row], checkpoint: Path, model, meta, work: Path, batch: int) -> None:
     """Write each row's artifact (of `model`, loaded from `checkpoint`) into `work`, reused when
     newer than the checkpoint."""
-    ckpt_time = Path(checkpoint if Path(checkpoint).is_file() else Path(checkpoint) / "model.safetensors").stat().st_mtime
-    fresh = lambda p: p.exists() and p.stat().st_mtime >= ckpt_time
+    fresh = lambda p: newer_than(p, Path(checkpoint))  # noqa: E731
     onnx_path = work / f"model.b{batch}.onnx"
     for row in rows:
         if row.status != "ok":

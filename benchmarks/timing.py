@@ -3,6 +3,7 @@ machine (other load, clocks) hits every runtime alike; start-up in a fresh proce
 happens in unit tests."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -54,6 +55,26 @@ def interleaved(calls: dict[str, Callable[[], object]], warmup: int, iters: int 
         bar.update(1)
     bar.close()
     return times
+
+
+def photos(n: int) -> list:
+    """`n` COCO-like photos: 480x640 shapes images, letterboxed onto the canvas by every runtime alike."""
+    from trainer.data.shapes import render
+
+    return [render(3, i, size_range=((480, 481), (640, 641)))[0] for i in range(n)]
+
+
+def end_to_end(detectors: dict, images: list, warmup: int, rounds: int, desc: str = "end to end") -> dict[str, dict]:
+    """Percentiles of each detector called on one image at a time (decoded image in memory ->
+    boxes in image pixels), every detector walking the same images in the same order,
+    alternating (interleaved), `rounds` passes; printed as p50/p90 lines."""
+    feeds = {name: itertools.cycle(images) for name in detectors}
+    calls = {name: (lambda n=name, d=det: d(next(feeds[n]))) for name, det in detectors.items()}
+    times = interleaved(calls, warmup, rounds * len(images), desc=desc)
+    stats = {name: percentiles(ts) for name, ts in times.items()}
+    for name, st in stats.items():
+        print(f"  {name:12s} p50 {st['p50_ms']:8.1f} ms   p90 {st['p90_ms']:8.1f} ms   (n={st['n']})")
+    return stats
 
 
 PROBE = r"""

@@ -19,16 +19,15 @@ Without --checkpoint, a randomly initialised R50-FPN with COCO's classes (800x13
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import system, timing
+from benchmarks.run import add_speed_args, check_speed_args, exported_onnx
 
 
 def one_conv(node, w, bias, chw, rewritten: bool, threads: int):
@@ -91,16 +90,11 @@ def whole_model(onnx_path: Path, images: list, threads: int, warmup: int, rounds
 
     detectors = {"direct": OnnxRuntimeDetector(onnx_path, threads=threads, winograd=False),
                  "winograd": OnnxRuntimeDetector(onnx_path, threads=threads)}
-    feeds = {name: itertools.cycle(images) for name in detectors}
-    calls = {name: (lambda n=name, d=det: d(next(feeds[n]))) for name, det in detectors.items()}
-    times = timing.interleaved(calls, warmup, rounds * len(images), desc="whole model")
-    stats = {name: timing.percentiles(ts) for name, ts in times.items()}
+    print(f"\nwhole model end to end, batch 1, {threads} threads, {len(images)} images x {rounds} rounds:")
+    stats = timing.end_to_end(detectors, images, warmup, rounds, desc="whole model")
     report = compare(detectors["direct"](images), detectors["winograd"](images))
     result = dict(end_to_end=stats, speedup=stats["direct"]["p50_ms"] / stats["winograd"]["p50_ms"],
                   convs_rewritten=detectors["winograd"].winograd_convs, parity=report.to_dict())
-    print(f"\nwhole model end to end, batch 1, {threads} threads, {len(images)} images x {rounds} rounds:")
-    for name, s in stats.items():
-        print(f"  {name:9s} p50 {s['p50_ms']:8.1f} ms   p90 {s['p90_ms']:8.1f} ms   (n={s['n']})")
     print(f"  {result['convs_rewritten']} convolutions rewritten: {result['speedup']:.2f}x at p50")
     print(f"  parity winograd vs direct: {report.summary()}")
     return result
@@ -109,28 +103,15 @@ def whole_model(onnx_path: Path, images: list, threads: int, warmup: int, rounds
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.winograd", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="checkpoint to time (default: a random R50-FPN, COCO classes, 800x1344)")
-    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "frcnn-winograd",
-                   help="where the exported model is kept between runs (default %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
-    p.add_argument("--images", type=int, default=3, help="distinct test images for the whole model (default 3)")
-    p.add_argument("--rounds", type=int, default=4, help="rounds, direct and rewritten alternating (default 4)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each first (default 2)")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    add_speed_args(p, "frcnn-winograd")
     a = p.parse_args(argv)
-    if min(a.threads, a.images, a.rounds) < 1 or a.warmup < 0:
-        p.error("--threads, --images and --rounds must be at least 1, --warmup at least 0")
+    check_speed_args(p, a)
 
     import onnxruntime
 
-    from benchmarks.run import exported_onnx
-    from trainer.data.shapes import render
-
     checkpoint, onnx_path = exported_onnx(a.work_dir, a.checkpoint)
     convs = per_conv(onnx_path, a.threads, a.warmup, a.rounds)
-    # COCO-like photos: 480x640 images, letterboxed onto the canvas
-    images = [render(3, i, size_range=((480, 481), (640, 641)))[0] for i in range(a.images)]
-    whole = whole_model(onnx_path, images, a.threads, a.warmup, a.rounds)
+    whole = whole_model(onnx_path, timing.photos(a.images), a.threads, a.warmup, a.rounds)
     env = {"cpu": system.cpu_model(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
            "threads": a.threads, "checkpoint": str(checkpoint)}
     print(f"  {env['cpu']}, onnxruntime {env['onnxruntime']}")
