@@ -2,6 +2,13 @@
 
     python -m exporters.openvino --checkpoint runs/shapes-tiny --out runs/shapes-tiny/openvino
     python -m exporters.openvino --onnx model.onnx --out ir/ --fp16-weights
+    python -m exporters.openvino --checkpoint runs/shapes-tiny --out ir-bf16/ --precision bf16
+
+--precision bf16 records bf16 as the IR's inference precision: runtimes.load compiles it so
+(f32 where the device has no bf16, with a warning). Its check is then an mAP gate instead of
+parity: mAP@[.5:.95] on --gate-images validation images at most --max-map-drop below the fp32
+reference's, box-level figures reported only; it also reports the precision OpenVINO compiled
+the layers to. Exit 1 when the gate fails.
 
 Weights stay fp32 unless --fp16-weights (OpenVINO's save_model would compress them to fp16
 by default). The model metadata travels in the IR's rt_info, so `runtimes.load(out)` needs
@@ -30,9 +37,11 @@ def onnx_meta(onnx_path: Path) -> ModelMeta:
     return meta
 
 
-def convert(onnx_path, out, fp16_weights: bool = False, batch: int | None = None) -> Path:
+def convert(onnx_path, out, fp16_weights: bool = False, batch: int | None = None,
+            inference_precision: str = "f32") -> Path:
     """ONNX -> IR at `out` (a folder, or a .xml path). `batch` fixes the batch of a dynamic-batch
-    ONNX (-1 keeps it dynamic); a fixed-batch ONNX keeps its own. Returns the .xml path."""
+    ONNX (-1 keeps it dynamic); a fixed-batch ONNX keeps its own. `inference_precision` ("f32",
+    "bf16") is recorded for runtimes.load to compile with. Returns the .xml path."""
     import openvino as ov
 
     onnx_path = Path(onnx_path)
@@ -49,7 +58,8 @@ def convert(onnx_path, out, fp16_weights: bool = False, batch: int | None = None
         model.reshape({"images": [batch, h, w, 3]})
         have = None if batch == -1 else batch
     meta.export = dict(meta.export, format="openvino", precision="fp16-weights" if fp16_weights else "fp32",
-                       batch=have, source=onnx_path.name, openvino=ov.get_version())
+                       inference_precision=inference_precision, batch=have, source=onnx_path.name,
+                       openvino=ov.get_version())
     model.set_rt_info(meta.to_json(), META_KEY)
     xml = Path(out) if str(out).endswith(".xml") else Path(out) / "model.xml"
     xml.parent.mkdir(parents=True, exist_ok=True)
@@ -67,15 +77,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output folder (model.xml + model.bin), or a .xml path")
     p.add_argument("--fp16-weights", action="store_true",
                    help="store weights as fp16 (half the size; looser parity defaults, see below); default fp32")
+    p.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                   help="inference precision recorded in the IR, which runtimes.load compiles it with (default f32; "
+                        "bf16: f32 on a device without bf16); bf16 is checked by the mAP gate, not parity")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, help="fixed batch size (default: the ONNX's; 1 from a checkpoint)")
     g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
     p.add_argument("--device", default="CPU", help="OpenVINO device for the parity check (default CPU)")
     add_verify_args(p, "--fp16-weights", onnx_source=True)
+    from .gate import add_gate_args, check_gate_args
+
+    add_gate_args(p, "with --precision bf16")
     a = p.parse_args(argv)
     if a.batch is not None and a.batch < 1:
         fail("--batch must be at least 1")
     check_reference_arg(a)
+    check_gate_args(a)
     return a
 
 
@@ -97,7 +114,7 @@ def main(argv=None) -> int:
                 fail(f"{onnx_path}: no such file")
         t0 = time.perf_counter()
         try:
-            xml = convert(onnx_path, a.out, a.fp16_weights, batch)
+            xml = convert(onnx_path, a.out, a.fp16_weights, batch, a.precision)
         except ValueError as e:
             fail(first_line(e))
         except Exception as e:  # OpenVINO's conversion errors (RuntimeError and frontend failures)
@@ -105,10 +122,12 @@ def main(argv=None) -> int:
 
             fail(f"OpenVINO cannot convert {onnx_path.name}: {ov_message(e)}")
     size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
-    print(f"wrote {xml} + .bin ({size:.1f} MiB, {'fp16' if a.fp16_weights else 'fp32'} weights) "
-          f"in {time.perf_counter() - t0:.1f}s")
+    print(f"wrote {xml} + .bin ({size:.1f} MiB, {'fp16' if a.fp16_weights else 'fp32'} weights, "
+          f"{a.precision} inference) in {time.perf_counter() - t0:.1f}s")
     if a.no_verify:
         return 0
+    if a.precision != "f32":
+        return 0 if gate_ir(xml, a, model) else 1
     return 0 if verify_ir(xml, a, model) else 1
 
 
@@ -123,6 +142,28 @@ def verify_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
     except runtimes.ModelLoadError as e:
         fail(str(e))
     return verify_artifact(test, str(xml), a, model, fp16=a.fp16_weights)
+
+
+def gate_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
+    """A reduced-precision IR: the precision OpenVINO compiled its layers to, then the mAP gate
+    against the fp32 reference (PyTorch, or ONNX Runtime on the source ONNX)."""
+    import runtimes
+    from runtimes.openvino_precision import layer_precisions
+
+    from .gate import map_gate
+    from .verify import pick_reference
+
+    try:
+        test = runtimes.load(xml, device=a.device)
+    except runtimes.ModelLoadError as e:
+        fail(str(e))
+    layers = ", ".join(f"{n} {p}" for p, n in sorted(layer_precisions(test.compiled).items()))
+    print(f"OpenVINO compiled it for {test.device} in {test.inference_precision} (compute layers: {layers})")
+    if test.inference_precision != a.precision:
+        print(f"note: {test.device} runs it in {test.inference_precision}, so the gate below measures "
+              f"{test.inference_precision}, not {a.precision}")
+    reference = pick_reference(model, test.meta, a.onnx, a.reference_checkpoint)
+    return map_gate(test, reference, test.meta, a.precision, a.gate_images, a.max_map_drop).passed
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
     det = OpenVINODetector("model.xml", mode="throughput")       # streams + AsyncInferQueue
     for dets in det.detect_stream(images): ...                   # results in input order
 
-Inference precision is pinned (INFERENCE_PRECISION_HINT=f32 by default): CPUs with bf16
-units otherwise run an fp32 IR in bf16, and parity against PyTorch would measure that
-instead of the export. Compiled models are cached (CACHE_DIR), so a second start imports
+Inference precision is pinned (INFERENCE_PRECISION_HINT): the one the IR records (exporters.openvino
+--precision bf16), else f32, since CPUs with bf16 units otherwise run an fp32 IR in bf16 and
+parity against PyTorch would measure that instead of the export; a precision the device lacks
+falls back to f32 (see runtimes.openvino_precision). Compiled models are cached (CACHE_DIR), so a second start imports
 the compiled blob instead of compiling again (on CPU compiling is short; GPUs compile kernels).
 """
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 
 from .base import OUTPUT_NAMES, Detections, Detector, ModelLoadError, pad_batch
 from .meta import META_KEY, ModelMeta
+from .openvino_precision import PRECISIONS, RECORDED, choose, compiled_precision
 
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-PRECISIONS = ("f32", "bf16", "f16")
 # device names OpenVINO may know; the ones usable here are those whose plugin loads
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 
@@ -110,15 +111,17 @@ def normalize_device(core, device: str) -> str:
 class OpenVINODetector(Detector):
     runtime = "openvino"
 
-    def __init__(self, path, device: str = "CPU", mode: str = "latency", precision: str | None = "f32",
+    def __init__(self, path, device: str = "CPU", mode: str = "latency", precision: str | None = RECORDED,
                  threads: int | None = None, cache_dir="auto", requests: int | None = None):
         """
         path:      the IR's .xml, or a folder holding one (its .bin beside it).
         device:    CPU (default, "cpu" accepted), GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, HETERO:..., MULTI:...
         mode:      "latency" (one request at a time) or "throughput" (several streams; use
                    detect_stream / infer_stream to keep them busy).
-        precision: INFERENCE_PRECISION_HINT, "f32" by default so results match PyTorch;
-                   "bf16"/"f16" trade accuracy for speed where the device has them; None = device default.
+        precision: INFERENCE_PRECISION_HINT: "recorded" (default) = the IR's recorded precision, f32
+                   when it records none, so results match PyTorch; "f32", "bf16" or "f16" (trading
+                   accuracy for speed); a reduced one the device lacks falls back to f32 with a
+                   warning; None = the device's default. `inference_precision` is what it compiled to.
         threads:   INFERENCE_NUM_THREADS (CPU); None = OpenVINO's choice.
         cache_dir: compiled-model cache: "auto" = $FRCNN_OPENVINO_CACHE or ~/.cache/frcnn-deploy/openvino,
                    a folder, or None to disable. Blobs are never pruned (OpenVINO keeps no index).
@@ -126,8 +129,9 @@ class OpenVINODetector(Detector):
         """
         if mode not in MODES:
             raise ModelLoadError(f"unknown mode {mode!r}; use {' or '.join(MODES)}")
-        if precision is not None and precision not in PRECISIONS:
-            raise ModelLoadError(f"unknown inference precision {precision!r}; use {', '.join(PRECISIONS)} or None")
+        if precision is not None and precision not in (RECORDED, *PRECISIONS):
+            raise ModelLoadError(f"unknown inference precision {precision!r}; use {RECORDED}, "
+                                 f"{', '.join(PRECISIONS)} or None")
         self.path = find_xml(path)
         self.mode, self.precision, self.threads = mode, precision, threads
         self.cache_dir = default_cache_dir() if cache_dir == "auto" else (Path(cache_dir) if cache_dir else None)
@@ -146,6 +150,7 @@ class OpenVINODetector(Detector):
         self.batch = dim.get_length() if dim.is_static else None
 
         config = {"PERFORMANCE_HINT": MODES[mode]}
+        self.precision = precision = choose(ov_core, self.device, precision, self.meta)
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
@@ -160,6 +165,7 @@ class OpenVINODetector(Detector):
         except RuntimeError as e:
             raise ModelLoadError(f"{self.path}: OpenVINO cannot compile it for {self.device} ({ov_message(e)}; "
                                  f"devices available here: {device_list(ov_core)})") from None
+        self.inference_precision = compiled_precision(self.compiled)  # what OpenVINO settled on
         self.outputs = {name: self.compiled.output(name) for name in OUTPUT_NAMES}
         self.requests = requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self._request = self.compiled.create_infer_request()
@@ -220,5 +226,6 @@ class OpenVINODetector(Detector):
         return pad_batch(canvas, self.batch) if self.batch else canvas  # a fixed-batch IR: pad the last batch
 
     def __repr__(self) -> str:
-        return (f"OpenVINODetector({self.path}, device={self.device}, mode={self.mode}, precision={self.precision}, "
+        return (f"OpenVINODetector({self.path}, device={self.device}, mode={self.mode}, "
+                f"precision={self.inference_precision}, "
                 f"canvas={self.canvas}, batch={self.batch})")

@@ -1,18 +1,24 @@
 """PyTorch adapter: a checkpoint run as the eager deploy graph (the reference every export is
-checked against), or with `reference=True` as torchvision's own eager forward."""
+checked against), or with `reference=True` as torchvision's own eager forward.
+
+precision="bf16" runs either under torch.autocast("cpu" or "cuda", torch.bfloat16): the
+convolutions and matrix products in bf16, the ops autocast keeps in float (softmax, RoIAlign,
+NMS, box arithmetic) in fp32; outputs come back float32 as the contract says."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .base import OUTPUT_NAMES, Detector
+from .base import OUTPUT_NAMES, Detector, ModelLoadError
 
 
 class TorchDetector(Detector):
     runtime = "torch"
 
-    def __init__(self, path, device: str = "cpu", reference: bool = False, threads: int | None = None,
+    PRECISIONS = ("fp32", "bf16")
+
+    def __init__(self, path, device: str = "cpu", reference: bool = False, threads: int | None = None, precision="fp32",
                  model=None, meta=None, arch: str | None = None):
         import torch
 
@@ -28,6 +34,9 @@ class TorchDetector(Detector):
         self.meta = meta
         self.model = model.to(device).eval()
         self.reference = reference
+        if precision not in self.PRECISIONS:
+            raise ModelLoadError(f"unknown torch precision {precision!r}; use {' or '.join(self.PRECISIONS)}")
+        self.precision = precision
         if reference:
             self.runtime = "torchvision"
         else:
@@ -37,11 +46,11 @@ class TorchDetector(Detector):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(canvas, np.uint8)).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             out = self._torchvision(x) if self.reference else self.deploy(x)
         if x.is_cuda:
             torch.cuda.synchronize()
-        return {k: v.cpu().numpy() for k, v in zip(OUTPUT_NAMES, out)}
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in zip(OUTPUT_NAMES, out)}
 
     def _torchvision(self, x):
         """torchvision's eager forward, padded to the deployed-model contract."""
