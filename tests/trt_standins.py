@@ -32,47 +32,40 @@ VERSIONS = {"10.16": "v10.16", "11.1": "v11.1"}  # facts version -> NVIDIA/Tenso
 
 
 # ------------------------------------------------------------------ extraction from the sources
-def _skip_balanced(text: str, start: int, open_: str, close: str) -> int:
-    """Index just past the bracket that closes the one at `start` (string literals skipped)."""
-    depth, i, quote = 0, start, None
+def _code(text: str, start: int):
+    """(index, character) of `text` from `start` on, string literals skipped."""
+    quote, i = False, start
     while i < len(text):
         c = text[i]
         if quote:
             if c == "\\":
                 i += 1
-            elif c == quote:
-                quote = None
+            elif c == '"':
+                quote = False
         elif c == '"':
-            quote = c
-        elif c == open_:
-            depth += 1
-        elif c == close:
-            depth -= 1
-            if depth == 0:
-                return i + 1
+            quote = True
+        else:
+            yield i, c
         i += 1
+
+
+def _skip_balanced(text: str, start: int, open_: str, close: str) -> int:
+    """Index just past the bracket that closes the one at `start`."""
+    depth = 0
+    for i, c in _code(text, start):
+        depth += (c == open_) - (c == close)
+        if c == close and depth == 0:
+            return i + 1
     raise ValueError(f"unbalanced {open_} at {start}")
 
 
 def _statement_end(text: str, start: int) -> int:
-    """Index of the ';' ending the statement that starts at `start`, outside brackets and strings."""
-    i, depth, quote = start, 0, None
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c == '"':
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == ";" and depth <= 0:
+    """Index of the ';' ending the statement that starts at `start`, outside brackets."""
+    depth = 0
+    for i, c in _code(text, start):
+        depth += (c in "([{") - (c in ")]}")
+        if c == ";" and depth <= 0:
             return i
-        i += 1
     return len(text)
 
 
