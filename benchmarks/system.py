@@ -30,6 +30,22 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def reduced_precision() -> dict:
+    """What this CPU offers reduced-precision inference: bf16 (AVX-512 BF16, AMX-BF16), INT8 dot
+    products (AVX-512 / AVX VNNI, AMX-INT8), and what OpenVINO's CPU plugin makes of them (its
+    OPTIMIZATION_CAPABILITIES; BF16 there is what runtimes.openvino needs to keep a bf16 IR in bf16)."""
+    flags = set(cpu_flags())
+    out = dict(avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags, amx_int8="amx_int8" in flags,
+               vnni=sorted(flags & {"avx512_vnni", "avx_vnni"}), openvino_cpu=None)
+    try:
+        from runtimes.openvino import core
+
+        out["openvino_cpu"] = list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # openvino missing or its CPU plugin unusable: the flags still say what the CPU has
+        pass
+    return out
+
+
 def gpus() -> list[dict]:
     """NVIDIA GPUs seen by nvidia-smi (name, driver, memory); empty without one."""
     if not shutil.which("nvidia-smi"):
@@ -55,5 +71,6 @@ def versions() -> dict[str, str | None]:
 
 
 def describe() -> dict:
-    return dict(cpu=cpu_model(), cores=os.cpu_count(), cpu_flags=cpu_flags(), gpus=gpus(),
+    return dict(cpu=cpu_model(), cores=os.cpu_count(), cpu_flags=cpu_flags(), reduced_precision=reduced_precision(),
+                gpus=gpus(),
                 os=platform.platform(), hostname=platform.node(), versions=versions())
