@@ -12,6 +12,11 @@ against the PyTorch deploy graph, model-only and end-to-end latency p50/p90/p99 
 runtimes alternating in rounds), throughput, peak memory and start-up time (each in a fresh
 process). Writes results.json (with hardware and versions), report.md and a latency-vs-mAP
 plot; exits 1 when a runtime's mAP falls below the reference by more than --max-map-drop.
+
+Where the CPU has bf16, --runtime openvino adds `openvino bf16` (an IR recording bf16, see
+exporters.openvino --precision) and torchvision eager under torch.autocast bf16, its fair
+baseline; each row records the precision it really ran in (OpenVINO's, after compiling). bf16
+rows are held by the mAP gate, their parity only reported; "vs torchvision" stays against fp32.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from runtimes.base import first_line  # noqa: E402
 DEFAULT_RUN = Path("runs/default-tiny")
 ALL = ("torch", "onnxruntime", "openvino", "tensorrt")
 THREADED = ("torch", "torchvision", "onnxruntime", "openvino")
+REDUCED = ("bf16",)  # precisions measured only where the CPU has them, mAP-gated (exporters.gate)
 
 
 @dataclass
@@ -128,21 +134,64 @@ def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path
 
 def plan(wanted: list[str], device: str) -> list[Row]:
     """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
-    graph (the parity reference), then each requested runtime and precision."""
+    graph (the parity reference), then each requested runtime and precision; with a bf16 row,
+    torchvision under bf16 autocast too (its fair baseline)."""
     import runtimes
 
     rows = [Row("torchvision", "torchvision"), Row("torch", "torch")]
     if "onnxruntime" in wanted:
         rows.append(Row("onnxruntime", "onnxruntime"))
     if "openvino" in wanted:
-        rows += [Row("openvino", "openvino"), Row("openvino", "openvino", "fp16-weights")]
+        rows += [Row("openvino", "openvino"), Row("openvino", "openvino", "fp16-weights"),
+                 Row("openvino", "openvino", "bf16")]
+        rows.insert(1, Row("torchvision", "torchvision", "bf16"))
     if "tensorrt" in wanted:
         rows.append(Row("tensorrt", "tensorrt", "fp16"))
     for row in rows:
-        reason = runtimes.unavailable(row.runtime, device)
+        reason = runtimes.unavailable(row.runtime, device) or precision_unavailable(row, device)
         if reason:
             row.status = f"not available: {reason}"
     return rows
+
+
+def precision_unavailable(row: Row, device: str) -> str | None:
+    """Why this CPU cannot run a reduced-precision row natively (one line), or None. (A GPU's
+    support is left to its runtime.)"""
+    if row.precision not in REDUCED or device.startswith("cuda"):
+        return None
+    if row.runtime == "openvino":
+        from runtimes.openvino import core
+        from runtimes.openvino_precision import CAPABILITY, supports
+
+        if not supports(core(), "CPU", row.precision):
+            return f"no {row.precision} on this CPU (OpenVINO's OPTIMIZATION_CAPABILITIES lacks {CAPABILITY[row.precision]})"
+        return None
+    isa = system.reduced_precision()
+    if not (isa["avx512_bf16"] or isa["amx_bf16"]):
+        return "no bf16 on this CPU (neither avx512_bf16 nor amx_bf16 in its flags)"
+    return None
+
+
+def load_options(row: Row, threads: int) -> dict:
+    """runtimes.load's options of a row: its thread count, and torch's bf16 autocast."""
+    opts = {"threads": threads} if row.runtime in THREADED else {}
+    if row.runtime in ("torch", "torchvision") and row.precision in REDUCED:
+        opts["precision"] = row.precision
+    return opts
+
+
+def ran_in(detector) -> dict:
+    """The precision a row really ran in, as its runtime reports it: OpenVINO's after compiling
+    (and the runtime graph's compute layers: how many in each precision, which kernels), torch's
+    autocast."""
+    if detector.runtime == "openvino":
+        from runtimes.openvino_precision import kernels, layer_precisions
+
+        return dict(inference_precision=detector.inference_precision,
+                    layer_precisions=layer_precisions(detector.compiled), kernels=kernels(detector.compiled))
+    if detector.runtime in ("torch", "torchvision"):
+        return dict(inference_precision=detector.precision)
+    return {}
 
 
 def export_all(rows: list[Row], checkpoint: Path, model, meta, work: Path, batch: int) -> None:
@@ -171,7 +220,8 @@ def export_all(rows: list[Row], checkpoint: Path, model, meta, work: Path, batch
                 xml = work / f"openvino-{row.precision}" / "model.xml"
                 if not fresh(xml):
                     print(f"converting to OpenVINO IR ({row.precision}) -> {xml} ...", flush=True)
-                    convert(onnx_path, xml, fp16_weights=row.precision == "fp16-weights")
+                    convert(onnx_path, xml, fp16_weights=row.precision == "fp16-weights",
+                            inference_precision="bf16" if row.precision == "bf16" else "f32")
                 row.artifact = xml
             elif row.runtime == "tensorrt":
                 from exporters.trt import build_from_checkpoint
@@ -199,9 +249,8 @@ def artifact_mb(path: Path) -> float:
 # ------------------------------------------------------------------ measurements
 def probe(row: Row, device: str, threads: int, batch: int) -> None:
     """Start-up time (imports + load + first inference) and peak RSS, in a fresh process."""
-    opts = {"threads": threads} if row.runtime in THREADED else {}
     try:
-        row.result.update(timing.fresh_start(row.artifact, row.runtime, device, batch, **opts))
+        row.result.update(timing.fresh_start(row.artifact, row.runtime, device, batch, **load_options(row, threads)))
     except RuntimeError as e:
         row.status = f"load failed: {e}"
 
@@ -249,17 +298,19 @@ def latency(rows: list[Row], images, batch: int, warmup: int, iters: int | None,
     for row in rows:
         e2e = row.result["latency_e2e"]
         row.result["throughput"] = batch / (e2e["mean_ms"] / 1000) if e2e else None
-    base = next((r for r in rows if r.runtime == "torchvision"), None)
+    base = next((r for r in rows if r.runtime == "torchvision" and r.precision == "fp32"), None)
     for row in rows:
         if base is not None:
             row.result["speedup"] = base.result["latency_e2e"]["p50_ms"] / row.result["latency_e2e"]["p50_ms"]
 
 
 def tolerances(precision: str):
-    """Parity thresholds of a row: strict for fp32, runtimes.parity.FP16 otherwise."""
+    """Parity thresholds of a row: strict for fp32, runtimes.parity.FP16 for fp16, none for the
+    mAP-gated reduced precisions (reported only; the run's gate holds their mAP)."""
+    from exporters.gate import REPORT_ONLY
     from runtimes.parity import FP16, Thresholds
 
-    return Thresholds() if precision == "fp32" else FP16
+    return Thresholds() if precision == "fp32" else REPORT_ONLY if precision in REDUCED else FP16
 
 
 # ------------------------------------------------------------------ main
@@ -324,8 +375,11 @@ def main(argv=None) -> int:
         probe(row, a.device, a.threads, a.batch)
     live = [r for r in rows if r.status == "ok"]
     for row in live:
-        opts = {"threads": a.threads} if row.runtime in THREADED else {}
-        row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **opts)
+        row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **load_options(row, a.threads))
+        row.result.update(ran_in(row.detector))
+        if row.precision in REDUCED and row.result.get("inference_precision") not in (row.precision, None):
+            row.status = f"ran in {row.result['inference_precision']}, not {row.precision}"
+    live = [r for r in live if r.status == "ok"]
 
     if a.data:
         meta.provenance = dict(meta.provenance, dataset=a.data, val_dataset=None)

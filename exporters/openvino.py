@@ -148,7 +148,7 @@ def gate_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
     """A reduced-precision IR: the precision OpenVINO compiled its layers to, then the mAP gate
     against the fp32 reference (PyTorch, or ONNX Runtime on the source ONNX)."""
     import runtimes
-    from runtimes.openvino_precision import layer_precisions
+    from runtimes.openvino_precision import kernels, layer_precisions
 
     from .gate import map_gate
     from .verify import pick_reference
@@ -158,7 +158,9 @@ def gate_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:
     except runtimes.ModelLoadError as e:
         fail(str(e))
     layers = ", ".join(f"{n} {p}" for p, n in sorted(layer_precisions(test.compiled).items()))
-    print(f"OpenVINO compiled it for {test.device} in {test.inference_precision} (compute layers: {layers})")
+    used = ", ".join(f"{k} x{n}" for k, n in sorted(kernels(test.compiled).items()))
+    print(f"OpenVINO compiled it for {test.device} in {test.inference_precision} (compute layers: {layers}; "
+          f"kernels: {used})")
     if test.inference_precision != a.precision:
         print(f"note: {test.device} runs it in {test.inference_precision}, so the gate below measures "
               f"{test.inference_precision}, not {a.precision}")

@@ -77,12 +77,26 @@ def compiled_precision(compiled) -> str | None:
         return next(iter(layers)) if len(layers) == 1 else None
 
 
-def layer_precisions(compiled) -> dict[str, int]:
-    """How many compute layers (COMPUTE_LAYERS) of the compiled model's runtime graph run in each
-    precision, e.g. {"bf16": 39}: what the device executes, whatever the hint says."""
-    counts = Counter()
+def compute_layers(compiled) -> list[tuple[str, str, str]]:
+    """(layerType, runtimePrecision, primitiveType) of each compute layer (COMPUTE_LAYERS) of the
+    compiled model's runtime graph: what the device executes, whatever the hint says.
+    runtimePrecision follows the layer's inputs, weights included (an fp32 convolution on fp16
+    weights reads f16); primitiveType names the kernel ("brgconv_avx512_amx_bf16")."""
+    layers = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        if "layerType" in info and info["layerType"].astype(str) in COMPUTE_LAYERS:
-            counts[info["runtimePrecision"].astype(str).lower() if "runtimePrecision" in info else "?"] += 1
-    return dict(counts)
+        kind = info["layerType"].astype(str) if "layerType" in info else ""
+        if kind in COMPUTE_LAYERS:
+            layers.append((kind, *(info[k].astype(str).lower() if k in info else "?"
+                                   for k in ("runtimePrecision", "primitiveType"))))
+    return layers
+
+
+def layer_precisions(compiled) -> dict[str, int]:
+    """How many compute layers run in each runtimePrecision, e.g. {"bf16": 39}."""
+    return dict(Counter(precision for _, precision, _ in compute_layers(compiled)))
+
+
+def kernels(compiled) -> dict[str, int]:
+    """How many compute layers run each kernel, e.g. {"brgconv_avx512_amx_bf16": 18, ...}."""
+    return dict(Counter(kernel for _, _, kernel in compute_layers(compiled)))

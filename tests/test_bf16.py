@@ -65,13 +65,15 @@ def test_recorded_bf16_runs_in_bf16_on_a_bf16_cpu(irs):
     det = runtimes.load(irs["bf16"], cache_dir=None)
     assert det.precision == "bf16" and det.inference_precision == "bf16"
     layers = precision.layer_precisions(det.compiled)
-    # every convolution and fully-connected layer of the runtime graph executes in bf16
+    # every convolution and fully-connected layer of the runtime graph executes in bf16, in bf16 kernels
     assert set(layers) == {"bf16"} and layers["bf16"] >= 30, layers
+    assert all(k.endswith("bf16") for k in precision.kernels(det.compiled)), precision.kernels(det.compiled)
     # AUTO answers no INFERENCE_PRECISION_HINT: its runtime graph says it
     assert runtimes.load(irs["bf16"], device="auto:cpu", cache_dir=None).inference_precision == "bf16"
     # told otherwise, the same IR runs in f32
     told = runtimes.load(irs["bf16"], precision="f32", cache_dir=None)
     assert told.inference_precision == "f32" and set(precision.layer_precisions(told.compiled)) == {"f32"}
+    assert all(k.endswith("f32") for k in precision.kernels(told.compiled)), precision.kernels(told.compiled)
 
 
 @needs_bf16
@@ -90,6 +92,7 @@ def test_falls_back_to_f32_without_bf16_and_says_so_once(irs, monkeypatch):
         det = runtimes.load(irs["bf16"], cache_dir=None)
     assert det.precision == "f32" and det.inference_precision == "f32"
     assert set(precision.layer_precisions(det.compiled)) == {"f32"}
+    assert not any("bf16" in k for k in precision.kernels(det.compiled))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second load in the same process warns no more
         again = runtimes.load(irs["bf16"], precision="bf16", cache_dir=None)
@@ -192,3 +195,67 @@ def test_torch_bf16_autocast_runs_convolutions_in_bf16(tiny_run, shapes_images, 
     assert dtypes[-1] == torch.float32
     with pytest.raises(runtimes.ModelLoadError, match="unknown torch precision"):
         runtimes.load(tiny_run, runtime=runtime, precision="int4")
+
+
+# ------------------------------------------------------------------ the benchmark's bf16 rows
+def bench_rows(wanted):
+    from benchmarks.run import plan
+
+    return {row.key: row for row in plan(wanted, "cpu")}
+
+
+def test_bench_plans_bf16_rows_with_openvino_only(monkeypatch):
+    assert not any(key.endswith("bf16") for key in bench_rows(["onnxruntime"]))
+    rows = bench_rows(["openvino"])
+    assert {"torchvision-fp32", "torchvision-bf16", "torch-fp32", "openvino-fp32", "openvino-bf16"} <= set(rows)
+    assert rows["torchvision-bf16"].precision == "bf16"
+
+
+def test_bench_bf16_rows_are_not_available_on_a_cpu_without_bf16(monkeypatch):
+    from benchmarks import system
+
+    no_bf16_cpu(monkeypatch)
+    monkeypatch.setattr(system, "reduced_precision", lambda: dict(avx512_bf16=False, amx_bf16=False))
+    rows = bench_rows(["openvino"])
+    assert rows["openvino-bf16"].status == ("not available: no bf16 on this CPU "
+                                           "(OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)")
+    assert rows["torchvision-bf16"].status.startswith("not available: no bf16 on this CPU (neither avx512_bf16")
+    assert rows["openvino-fp32"].status == rows["torchvision-fp32"].status == "ok"
+
+
+def test_bench_bf16_is_map_gated_not_parity_checked():
+    from benchmarks.run import gate, tolerances
+    from runtimes.parity import Thresholds
+
+    assert tolerances("bf16") == map_gate_module.REPORT_ONLY and tolerances("fp32") == Thresholds()
+    rows = [dict(name="torch", precision="fp32", runtime="torch", map=0.80),
+            dict(name="openvino", precision="bf16", runtime="openvino", map=0.795)]
+    assert gate(rows, 0.01) == 0
+    rows[1]["map"] = 0.785
+    assert gate(rows, 0.01) == 1
+
+
+@needs_bf16
+def test_bench_records_what_each_row_ran_in(tiny_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "benchmarks/run.py", "--model", str(tiny_run), "--runtime", "openvino",
+                        "--eval-images", "2", "--iters", "1", "--warmup", "0", "--threads", "2", "--out", str(out)],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["system"]["reduced_precision"]["openvino_cpu"] and "avx512_bf16" in res["system"]["reduced_precision"]
+    rows = {f"{row['name']}-{row['precision']}": row for row in res["rows"]}
+    bf16 = rows["openvino-bf16"]
+    assert bf16["status"] == "ok" and bf16["inference_precision"] == "bf16" and set(bf16["layer_precisions"]) == {"bf16"}
+    assert all(k.endswith("bf16") for k in bf16["kernels"])
+    assert rows["openvino-fp32"]["inference_precision"] == "f32" and set(rows["openvino-fp32"]["layer_precisions"]) == {"f32"}
+    assert rows["torchvision-bf16"]["inference_precision"] == "bf16" and rows["torchvision-bf16"]["status"] == "ok"
+    # bf16 parity is reported with no thresholds; "vs torchvision" is against fp32 eager
+    assert bf16["parity"]["thresholds"]["min_matched"] == 0 and bf16["parity"]["passed"]
+    base = rows["torchvision-fp32"]["latency_e2e"]["p50_ms"]
+    assert bf16["speedup"] == pytest.approx(base / bf16["latency_e2e"]["p50_ms"])
