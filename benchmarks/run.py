@@ -412,14 +412,18 @@ def main(argv=None) -> int:
 
 
 def gate(rows: list[dict], max_drop: float) -> int:
+    """1 when a row's mAP is below the reference's by more than `max_drop`. torchvision under
+    bf16 autocast is a speed baseline, not one of our artifacts: its drop is said, not gated."""
     ref = next((r for r in rows if r["runtime"] == "torch" and r.get("map") is not None), None)
     if ref is None:
         return 0
     low = [r for r in rows if r.get("map") is not None and r["map"] < ref["map"] - max_drop]
+    baseline = [r for r in low if r["runtime"] == "torchvision" and r["precision"] in REDUCED]
     for r in low:
-        print(f"GATE: {r['name']} {r['precision']} mAP {r['map']:.4f} is below the reference "
-              f"{ref['map']:.4f} by more than {max_drop}", file=sys.stderr)
-    return 1 if low else 0
+        print(f"{'note' if r in baseline else 'GATE'}: {r['name']} {r['precision']} mAP {r['map']:.4f} is below the "
+              f"reference {ref['map']:.4f} by more than {max_drop}" +
+              (" (a speed baseline: reported, not gated)" if r in baseline else ""), file=sys.stderr)
+    return 1 if len(low) > len(baseline) else 0
 
 
 if __name__ == "__main__":
