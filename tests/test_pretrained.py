@@ -306,11 +306,19 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def coco_categories() -> list[dict]:
+    """COCO's 80 categories with their ids (torchvision's list, less its "N/A" placeholders)."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    names = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    return [dict(id=i, name=n) for i, n in enumerate(names) if i and n != "N/A"]
+
+
 def instances(split: str, n: int) -> dict:
     images = [dict(id=i + 1, file_name=f"{i + 1:012d}.jpg", height=48, width=64) for i in range(n)]
     anns = [dict(id=i + 1, image_id=i + 1, category_id=[1, 3][i % 2], bbox=[4.0, 6.0, 20.0, 16.0], area=320.0,
                  iscrowd=0) for i in range(n)]
-    return dict(images=images, annotations=anns, categories=[dict(id=1, name="person"), dict(id=3, name="car")])
+    return dict(images=images, annotations=anns, categories=coco_categories())
 
 
 @pytest.fixture
@@ -339,8 +347,8 @@ def coco_server(server, monkeypatch):
 def test_coco_val2017_downloads_verifies_and_extracts(coco_server, tmp_path, monkeypatch):
     monkeypatch.setenv("COCO_ROOT", str(tmp_path / "coco"))
     train, val = build_datasets("coco-val2017")
-    assert train is val and len(val) == 3 and val.class_names == ["person", "car"]
-    assert val.label_category_ids() == [0, 1, 3] and val.name == "coco-val2017"
+    assert train is val and len(val) == 3 and val.name == "coco-val2017"
+    assert val.class_names[:3] == ["person", "bicycle", "car"] and val.label_category_ids()[-1] == 90
     root = tmp_path / "coco"
     assert sorted(p.relative_to(root).as_posix() for p in files_under(root)) == [
         "annotations/instances_train2017.json", "annotations/instances_val2017.json",
@@ -422,3 +430,26 @@ def test_real_archive_table_is_what_tools_publish():
         "val2017": ("http://images.cocodataset.org/zips/val2017.zip", "md5", "442b8da7639aecaf257c1dceb8ba8c80"),
         "train2017": ("http://images.cocodataset.org/zips/train2017.zip", "md5", "cced6f7f71b7629ddf16f17bbcfab6b2"),
     }
+
+
+def test_torchvision_coco_model_evaluates_on_coco_by_name(coco_server, server, hub, tmp_path, capsys):
+    """The chain the README's reproduction runs: weights by URL (91 torchvision labels, the
+    label being the COCO id) scored on COCO val2017 by name; "N/A" labels count for nothing."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    from trainer.eval import category_ids_for, main as eval_main
+
+    names = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    torch.manual_seed(5)
+    model = build_model(default_meta("tiny", names))
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 6.0  # random weights: make "person" win
+    url = serve_state(server, {k: v for k, v in model.state_dict().items() if "num_batches" not in k})
+    out = tmp_path / "detections.json"
+    assert eval_main(["--checkpoint", url, "--data", f"coco-val2017:{tmp_path / 'coco'}", "--out", str(out)]) == 0
+    assert "coco-val2017: 3 images" in capsys.readouterr().out
+    found = {r["category_id"] for r in json.loads(out.read_text())}
+    assert 1 in found and found <= {c["id"] for c in coco_categories()} | {-1}
+    # torchvision's label k is COCO category k; the "N/A" labels map to no category
+    ids = category_ids_for(checkpoint.load_any(url)[1], validation_set(f"coco-val2017:{tmp_path / 'coco'}"))
+    assert ids == [0] + [-1 if n == "N/A" else k for k, n in enumerate(names)][1:]
