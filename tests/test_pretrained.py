@@ -432,7 +432,21 @@ def test_real_archive_table_is_what_tools_publish():
     }
 
 
-def test_torchvision_coco_model_evaluates_on_coco_by_name(coco_server, server, hub, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def coco_tiny_state() -> dict[str, torch.Tensor]:
+    """A tiny model with torchvision's 91 COCO labels (label k is COCO category k), random
+    weights with "person" lifted above the score threshold."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    torch.manual_seed(5)
+    model = build_model(default_meta("tiny", FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]))
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 6.0
+    return {k: v for k, v in model.state_dict().items() if "num_batches" not in k}
+
+
+def test_torchvision_coco_model_evaluates_on_coco_by_name(coco_server, server, hub, tmp_path, capsys,
+                                                          coco_tiny_state):
     """The chain the README's reproduction runs: weights by URL (91 torchvision labels, the
     label being the COCO id) scored on COCO val2017 by name; "N/A" labels count for nothing."""
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
@@ -440,11 +454,7 @@ def test_torchvision_coco_model_evaluates_on_coco_by_name(coco_server, server, h
     from trainer.eval import category_ids_for, main as eval_main
 
     names = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
-    torch.manual_seed(5)
-    model = build_model(default_meta("tiny", names))
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.bias[1] = 6.0  # random weights: make "person" win
-    url = serve_state(server, {k: v for k, v in model.state_dict().items() if "num_batches" not in k})
+    url = serve_state(server, coco_tiny_state)
     out = tmp_path / "detections.json"
     assert eval_main(["--checkpoint", url, "--data", f"coco-val2017:{tmp_path / 'coco'}", "--out", str(out)]) == 0
     assert "coco-val2017: 3 images" in capsys.readouterr().out
@@ -453,3 +463,41 @@ def test_torchvision_coco_model_evaluates_on_coco_by_name(coco_server, server, h
     # torchvision's label k is COCO category k; the "N/A" labels map to no category
     ids = category_ids_for(checkpoint.load_any(url)[1], validation_set(f"coco-val2017:{tmp_path / 'coco'}"))
     assert ids == [0] + [-1 if n == "N/A" else k for k, n in enumerate(names)][1:]
+
+
+def test_benchmark_reproduction_command_on_loopback(coco_server, server, hub, tmp_path, coco_tiny_state):
+    """`python benchmarks/run.py --model torchvision:... --data coco-val2017`, with the weights
+    by loopback URL and the tiny COCO downloaded from loopback first: every row is scored on
+    coco-val2017 and agrees with the reference."""
+    coco = tmp_path / "coco"
+    build_datasets(f"coco-val2017:{coco}")  # the ARCHIVES stand-ins live in this process only
+    url = serve_state(server, coco_tiny_state)
+    env = {**os.environ, "TORCH_HOME": str(hub.parent.parent)}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--model", url, "--data",
+                        f"coco-val2017:{coco}", "--runtime", "onnxruntime", "--iters", "4",
+                        "--warmup", "1", "--threads", "2", "--out", str(tmp_path / "bench")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "accuracy on coco-val2017 (3 images)" in r.stdout
+    rows = {row["name"]: row for row in json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]}
+    assert set(rows) == {"torchvision", "torch", "onnxruntime"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["map"] is not None, row
+    assert rows["onnxruntime"]["parity"]["passed"] and rows["onnxruntime"]["parity"]["matched"] > 0
+    # the named weights became a checkpoint once, named by their file
+    assert (tmp_path / "runs" / "bench-models" / Path(url).stem / "model.safetensors").is_file()
+
+    offline = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--model",
+                              f"http://127.0.0.1:{closed_port()}/fasterrcnn_x-0123abcd.pth"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert offline.returncode == 2 and one_error_line(offline.stderr).startswith("error: cannot download")
+
+    # COCO that cannot be had (the real archive URLs, behind a proxy nobody listens on): one
+    # line before any export, not a silent fall-back to synthetic images
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    no_coco = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--model", url, "--data",
+                              f"coco-val2017:{tmp_path / 'empty'}"], cwd=tmp_path, capture_output=True, text=True,
+                             env={**env, "http_proxy": proxy, "https_proxy": proxy, "no_proxy": ""}, timeout=300)
+    line = one_error_line(no_coco.stderr)
+    assert no_coco.returncode == 2 and "put it at" in line, line
+    assert "http://images.cocodataset.org/annotations/annotations_trainval2017.zip" in line
