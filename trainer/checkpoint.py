@@ -137,8 +137,10 @@ def guess_arch(state: dict[str, torch.Tensor]) -> str:
 
 
 def import_pth(path: str | os.PathLike, arch: str | None = None, class_names: list[str] | None = None,
-               canvas: tuple[int, int] | None = None) -> tuple[torch.nn.Module, ModelMeta]:
-    """A torchvision `.pth` (e.g. fasterrcnn_resnet50_fpn's COCO weights) as our model + metadata."""
+               canvas: tuple[int, int] | None = None,
+               provenance: dict | None = None) -> tuple[torch.nn.Module, ModelMeta]:
+    """A torchvision `.pth` (e.g. fasterrcnn_resnet50_fpn's COCO weights) as our model + metadata;
+    `provenance` (where the weights came from) is added to the metadata's."""
     from torchvision.models._meta import _COCO_CATEGORIES
 
     state = load_pth(path)
@@ -149,7 +151,7 @@ def import_pth(path: str | os.PathLike, arch: str | None = None, class_names: li
     if class_names is None:
         class_names = list(_COCO_CATEGORIES) if n == len(_COCO_CATEGORIES) else \
             ["__background__"] + [f"class_{i}" for i in range(1, n)]
-    meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name},
+    meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name, **(provenance or {})},
                         arch_kwargs={"frozen_bn": True} if pth_frozen_bn(state) else {})
     model = build_model(meta)
     missing, unexpected, misshapen = state_mismatch(model, state)
@@ -177,7 +179,15 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tu
 
 
 def load_any(path: str | os.PathLike, device: str = "cpu", arch: str | None = None):
-    """Our checkpoint (run dir, .safetensors, .json) or a torchvision .pth -> (model, meta)."""
+    """Our checkpoint (run dir, .safetensors, .json), a torchvision .pth, or named weights
+    (torchvision:NAME or a URL, downloaded and verified: see trainer.weights) -> (model, meta)."""
+    from . import weights
+
+    if weights.is_named(path):
+        pretrained = weights.resolve(str(path), arch)
+        model, meta = import_pth(pretrained.path, pretrained.arch or arch, pretrained.class_names,
+                                 provenance=pretrained.provenance)
+        return model.to(device), meta
     if str(path).endswith((".pth", ".pt")):
         model, meta = import_pth(path, arch)
         return model.to(device), meta
