@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtimes.errors import one_line
+
 
 class DatasetError(ValueError):
     """Bad dataset input; the message is one line naming the file and, where known, the line.
@@ -27,7 +29,7 @@ class DatasetError(ValueError):
         if message.startswith("Caught DatasetError ") and "\nOriginal Traceback" in message:
             self.worker_traceback = message
             message = message.rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]
-        super().__init__(message)
+        super().__init__(one_line(message))  # a name quoted from a file may hold a line break
 
 
 @dataclass
