@@ -129,7 +129,7 @@ class Detector:
     def postprocess(self, out: dict[str, np.ndarray], boxes: list[Letterbox], threshold: float | None) -> list[Detections]:
         result = []
         for i, lb in enumerate(boxes):
-            n = min(max(int(out["num_detections"][i]), 0), out["scores"].shape[1])  # trust no count
+            n = min(max(int(out["num_detections"][i]), 0), out["scores"].shape[1])  # a damaged model may count past K
             scores = out["scores"][i, :n].astype(np.float32)
             boxes = boxes_to_image(out["boxes"][i, :n], lb)
             # a box wholly in the letterbox padding has no area left in the image: drop it

@@ -34,12 +34,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from runtimes.base import is_file
+from runtimes.meta import is_finite_number as _is_number
 
 from .base import DatasetError
 from .files import FileDataset, ImageRecord, image_size
@@ -86,13 +86,6 @@ def _is_int(v) -> bool:
 
 def _is_id(v) -> bool:
     return type(v) is int and -MAX_ID <= v <= MAX_ID
-
-
-def _is_number(v) -> bool:
-    """A finite int or float (json gives inf and nan for 1e400 and NaN; an int may exceed any float)."""
-    if type(v) is float:
-        return math.isfinite(v)
-    return type(v) is int and -1e300 < v < 1e300
 
 
 def _check_records(path: Path, data: dict) -> None:
