@@ -34,11 +34,14 @@ from .base import DatasetError, DetectionDataset, Sample, check_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_IMAGE_SIDE = 65536  # px: JPEG's limit; a bigger size in an annotation is a typo or corruption
+MAX_IMAGE_BYTES = 2**30  # a bigger "image" file is something else (a video, /proc/kcore): not read into memory
 
 
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file as RGB uint8 HxWx3; DatasetError when it cannot be read or decoded."""
     try:
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise DatasetError(f"{path}: {path.stat().st_size} bytes, too big for an image file")
         data = np.fromfile(path, np.uint8)  # (not cv2.imread: it cannot tell missing from corrupt)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read image ({e.strerror or e})") from None
