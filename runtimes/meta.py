@@ -83,6 +83,7 @@ class ModelMeta:
 
 
 MAX_CANVAS_SIDE = 16384  # px; a canvas batch is allocated as B x H x W x 3 bytes
+MAX_TOP_N = 100_000  # proposals or detections per image: outputs are padded to this many
 
 
 def _is_int(v) -> bool:
@@ -124,8 +125,8 @@ def _checked(key: str, value, num_classes: int):
                                       and all(map(_is_int, value))):
             raise bad("null or one integer per class name")
     elif key in ("rpn_pre_nms_top_n", "rpn_post_nms_top_n", "detections_per_img"):
-        if not (_is_int(value) and value > 0):
-            raise bad("a positive integer")
+        if not (_is_int(value) and 0 < value <= MAX_TOP_N):
+            raise bad(f"an integer in 1..{MAX_TOP_N}")
     elif key in ("rpn_nms_thresh", "rpn_score_thresh", "box_score_thresh", "box_nms_thresh"):
         if not (is_finite_number(value) and 0 <= value <= 1):
             raise bad("a number in [0, 1]")

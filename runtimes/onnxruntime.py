@@ -154,7 +154,12 @@ class OnnxRuntimeDetector(Detector):
         return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
 
     def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.session.run(list(OUTPUT_NAMES), {"images": np.ascontiguousarray(canvas, np.uint8)})
+        canvas = np.ascontiguousarray(canvas, np.uint8)
+        try:
+            out = self.session.run(list(OUTPUT_NAMES), {"images": canvas})
+        except Exception as e:  # onnxruntime's own types; a damaged graph can load and still fail here
+            raise ModelLoadError(f"{self.path}: onnxruntime cannot run the model on a {list(canvas.shape)} batch "
+                                 f"({first_line(e)})") from None
         return dict(zip(OUTPUT_NAMES, out))
 
 

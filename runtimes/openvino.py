@@ -221,7 +221,10 @@ class OpenVINODetector(Detector):
         with self._requests.take() as request:
             # infer() copies the outputs out of the request (share_outputs=False), so the
             # request can serve another thread as soon as it is back in the pool
-            result = request.infer({0: np.ascontiguousarray(canvas, np.uint8)})
+            try:
+                result = request.infer({0: np.ascontiguousarray(canvas, np.uint8)})
+            except RuntimeError as e:  # a damaged IR can compile and still fail here
+                raise ModelLoadError(f"{self.path}: OpenVINO cannot run the model ({ov_message(e)})") from None
             return {name: result[port] for name, port in self.outputs.items()}
 
     def infer_stream(self, canvases: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

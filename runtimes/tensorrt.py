@@ -312,7 +312,7 @@ class TensorRTDetector(Detector):
             host_in[...] = canvas
             cuda.memcpy_htod_async(self._device[INPUT_NAME], host_in, stream)
             if not self.context.execute_async_v3(stream.handle):
-                raise RuntimeError(f"{self.path}: TensorRT inference failed ({self.logger.last_error()})")
+                raise ModelLoadError(f"{self.path}: TensorRT inference failed ({self.logger.last_error()})")
             out = {}
             for name in OUTPUT_NAMES:
                 out[name] = self._host[name][:n]  # outputs are [B, ...]: the first n rows are contiguous

@@ -66,8 +66,11 @@ class TorchDetector(Detector):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(canvas, np.uint8)).to(self.device)
-        with torch.inference_mode():
-            out = self._torchvision(x) if self.reference else self.deploy(x)
+        try:
+            with torch.inference_mode():
+                out = self._torchvision(x) if self.reference else self.deploy(x)
+        except RuntimeError as e:  # e.g. metadata that builds a model which cannot run
+            raise ModelLoadError(f"{self.path}: torch cannot run the model ({first_line(e)})") from None
         if x.is_cuda:
             torch.cuda.synchronize()
         return {k: v.cpu().numpy() for k, v in zip(OUTPUT_NAMES, out)}
