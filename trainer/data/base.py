@@ -123,7 +123,8 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, where: str, dataset:
     left inside the image. Non-finite coordinates raise DatasetError naming `where`.
     `dataset` is whatever counts the skips: anything with a `skip(reason, n)` method.
     """
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused just below
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if not np.isfinite(boxes).all():
         raise DatasetError(f"{where}: box coordinates are not finite numbers")
     outside = (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
