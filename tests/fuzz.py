@@ -127,8 +127,8 @@ def mutate_json(data, draw, max_mutations: int = 3):
         op = draw(st.sampled_from(["replace"] * 6 + ["delete", "duplicate", "wrap", "stringify", "add_key", "empty",
                                                      "nest"]))
         node = _at(data, path)
-        if op == "replace":
-            new = draw(odd_for(node))
+        if op == "replace":  # (copies: a drawn constant or a piece of the tree must not end up shared)
+            new = copy.deepcopy(draw(odd_for(node)))
         elif op == "wrap":
             new = [node]
         elif op == "stringify":
@@ -141,7 +141,7 @@ def mutate_json(data, draw, max_mutations: int = 3):
                 new = [new]
         elif op == "add_key" and isinstance(node, dict):
             node[draw(st.sampled_from(["id", "name", "width", "bbox", "iscrowd", "area", "format"]) | st.text(max_size=6))] \
-                = draw(json_values)
+                = copy.deepcopy(draw(json_values))
             continue
         elif op == "duplicate" and path and isinstance(_at(data, path[:-1]), list):
             _at(data, path[:-1]).insert(path[-1], copy.deepcopy(node))
@@ -151,7 +151,7 @@ def mutate_json(data, draw, max_mutations: int = 3):
             del parent[path[-1]]
             continue
         else:
-            new = draw(odd_for(node))
+            new = copy.deepcopy(draw(odd_for(node)))
         if path:
             _at(data, path[:-1])[path[-1]] = new
         else:
@@ -964,11 +964,12 @@ def main(argv=None) -> int:
                     try:
                         with contextlib.redirect_stdout(io.StringIO()) as said:
                             run_target(name, batch[name], derandomize=False)
-                    except Exception as e:  # a crash: hypothesis re-raises the shrunk failing example
-                        notes = "\n".join(getattr(e, "__notes__", []))
-                        crashes.append(dict(target=name, error=f"{type(e).__name__}: {runtimes.first_line(e)}",
-                                            example=notes or said.getvalue()[-2000:]))
-                        tqdm.write(f"CRASH in {name}: {type(e).__name__}: {runtimes.first_line(e)}\n{notes}")
+                    except Exception as e:  # a crash: hypothesis re-raises the shrunk failing example(s)
+                        for error in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e]):
+                            notes = "\n".join(getattr(error, "__notes__", []))
+                            what = f"{type(error).__name__}: {runtimes.first_line(error)}"
+                            crashes.append(dict(target=name, error=what, example=notes or said.getvalue()[-2000:]))
+                            tqdm.write(f"CRASH in {name}: {what}\n{notes}")
                     per_case = (time.monotonic() - t0) / max(1, cases_of(name) - n0)
                     batch[name] = int(min(200, max(10, 4 / per_case)))
                     bar.n = min(round(time.monotonic() - started), bar.total)
