@@ -373,8 +373,9 @@ def fuzz_coco(data) -> None:
             tree = mutate_json(tree, draw)
         if draw(st.integers(0, 4)) == 0:  # a file name from the odd ones, in one image record
             images = tree.get("images") if isinstance(tree, dict) else None
-            if isinstance(images, list) and images and isinstance(images[0], dict):
-                images[draw(st.integers(0, len(images) - 1))]["file_name"] = long_name_or_odd(draw)
+            records = [im for im in images if isinstance(im, dict)] if isinstance(images, list) else []
+            if records:
+                draw(st.sampled_from(records))["file_name"] = long_name_or_odd(draw)
         text = json.dumps(tree).encode()
         if draw(st.integers(0, 3)) == 0:
             text = mutate_bytes(text, draw)
