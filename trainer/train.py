@@ -28,6 +28,8 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
+from runtimes.base import first_line
+
 from . import checkpoint, distributed, plots
 from . import weights as named_weights
 from .data import DatasetError, build_datasets
@@ -439,11 +441,30 @@ def write_outputs(run_dir: Path, model, meta, progress: Progress, config: dict, 
 
 # ---------------------------------------------------------------- the loop
 
+# resume.json's entries the loop reads, and their types
+SAVED_FIELDS = {"config": dict, "world_size": int, "progress": dict, "optimizer": dict, "rng": list}
+
+
+def check_saved_state(saved: dict, run_dir: Path) -> None:
+    """CheckpointError, one line, when resume.json lacks what resuming needs (a damaged or edited file)."""
+    where = run_dir / checkpoint.RESUME_POINTER
+    for key, kind in SAVED_FIELDS.items():
+        if not isinstance(saved.get(key), kind):
+            raise checkpoint.CheckpointError(f"{where}: {key!r} is missing or not a {kind.__name__} "
+                                             "(a damaged training state)")
+    missing = sorted(set(vars(build_parser().parse_args([]))) - {"resume", "out", "device", "workers"}
+                     - saved["config"].keys())
+    if missing:
+        raise checkpoint.CheckpointError(f"{where}: the saved config lacks {', '.join(missing)} "
+                                         "(a damaged training state)")
+
+
 def open_run(args: argparse.Namespace):
     """(run_dir, config, saved state and tensors or None, StartWeights or None) for the command line."""
     if args.resume is not None:
         run_dir = Path(args.resume or args.out or latest_run())
         saved, tensors = checkpoint.load_train_state(run_dir)
+        check_saved_state(saved, run_dir)
         config = dict(saved["config"])
         given = {k: v for k, v in vars(args).items() if v is not None and k not in RESUME_OVERRIDABLE}
         changed = [k for k, v in given.items() if (list(v) if k == "canvas" else v) != config.get(k)]
@@ -511,7 +532,13 @@ def train(args: argparse.Namespace) -> Path:
                           config["schedule"])
     progress = Progress()
     if saved is not None:
-        progress = restore_state(saved, tensors, model, optimizer, scaler, d)
+        try:
+            progress = restore_state(saved, tensors, model, optimizer, scaler, d)
+        except TrainError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:  # what torch and Progress raise
+            raise checkpoint.CheckpointError(f"{run_dir / checkpoint.RESUME_POINTER}: the saved training state "
+                                             f"does not fit this run ({first_line(e)})") from None
         del tensors
         say(f"resuming {run_dir} at epoch {progress.epoch + 1}, batch {progress.batch}, step {progress.step}")
         if progress.epoch >= config["epochs"]:
@@ -598,6 +625,9 @@ def main(argv=None) -> int:
         train(args)
     except (TrainError, DatasetError, DeviceError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a full disk under metrics.jsonl or a plot (checkpoints say so themselves)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     finally:
         distributed.cleanup()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtimes.base import is_dir, is_file
+
 from . import coco2017
 from .base import DatasetError, DetectionDataset, Sample
 from .coco import CocoDataset
@@ -26,17 +28,17 @@ def _parse_options(text: str) -> dict[str, int]:
     opts = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):  # (str.isdigit alone takes "²")
             raise DatasetError(f"bad dataset option {part!r} (expected key=integer)")
         opts[key.strip()] = int(value)
     return opts
 
 
 def _detect(path: Path) -> str | None:
-    if path.is_dir():
-        if (path / "Annotations").is_dir() or any(path.glob("*.xml")):
+    if is_dir(path):
+        if is_dir(path / "Annotations") or any(path.glob("*.xml")):
             return "voc"
-        if (path / "annotations.json").is_file():
+        if is_file(path / "annotations.json"):
             return "coco"
         return None
     return {".json": "coco", ".txt": "txt"}.get(path.suffix.lower())
@@ -59,11 +61,11 @@ def _open(spec: str, classes: list[str] | None = None,
         return shapes_splits(**opts)
     fmt, text = (name, rest) if sep and name in FORMATS else (None, spec)
     path = Path(text)
-    if not text.strip() or not path.exists():
+    if not text.strip() or not (is_file(path) or is_dir(path)):
         raise DatasetError(f"{spec}: no such file or folder; a dataset is one of: {ACCEPTED}")
     fmt = fmt or _detect(path)
     if fmt == "coco":
-        return CocoDataset(path / "annotations.json" if path.is_dir() else path), None
+        return CocoDataset(path / "annotations.json" if is_dir(path) else path), None
     if fmt == "txt":
         return TxtDataset(path, classes), None
     if fmt == "voc":
