@@ -3,14 +3,35 @@ checked against), or with `reference=True` as torchvision's own eager forward.
 
 precision="bf16" runs either under torch.autocast("cpu" or "cuda", torch.bfloat16): the
 convolutions and matrix products in bf16, the ops autocast keeps in float (softmax, RoIAlign,
-NMS, box arithmetic) in fp32; outputs come back float32 as the contract says."""
+NMS, box arithmetic) in fp32; outputs come back float32 as the contract says.
+
+Threads: the model is only read during inference (eval mode, torch.inference_mode, anchors
+made at load), so one detector serves several threads at once with no lock; torch runs their
+calls in parallel on its own thread pool.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .base import OUTPUT_NAMES, Detector, ModelLoadError
+from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line
+
+
+def torch_device(torch, device: str) -> str:
+    """`device` as torch and safetensors name it ("cpu:0" -> "cpu"), for cpu or a CUDA GPU that is
+    there; ModelLoadError otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"unknown torch device {device!r} ({first_line(e)}); use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"device {device!r}: checkpoints run on cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise ModelLoadError(f"device {device!r}: no such CUDA GPU visible to torch ({count} here)")
+    return "cpu" if dev.type == "cpu" else str(dev)
 
 
 class TorchDetector(Detector):
@@ -20,17 +41,25 @@ class TorchDetector(Detector):
 
     def __init__(self, path, device: str = "cpu", reference: bool = False, threads: int | None = None, precision="fp32",
                  model=None, meta=None, arch: str | None = None):
-        import torch
+        try:
+            import torch
 
-        from exporters.deploy import DeployFasterRCNN
-        from trainer.checkpoint import load_any
+            from exporters.deploy import DeployFasterRCNN
+            from trainer.checkpoint import CheckpointError, load_any
+        except ImportError as e:  # an edge install: runtimes without torch
+            raise ModelLoadError(f"{path}: checkpoints run on PyTorch, which is not importable here ({first_line(e)}); "
+                                 "pip install frcnn-deploy[train], or load an exported .onnx or .xml") from None
 
+        device = torch_device(torch, device)
         if threads:
             torch.set_num_threads(threads)
         self.path = Path(path) if path is not None else None
         self.device = device
         if model is None:
-            model, meta = load_any(path, device=device, arch=arch)
+            try:
+                model, meta = load_any(path, device=device, arch=arch)
+            except CheckpointError as e:
+                raise ModelLoadError(str(e)) from None
         self.meta = meta
         self.model = model.to(device).eval()
         self.reference = reference
@@ -46,8 +75,12 @@ class TorchDetector(Detector):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(canvas, np.uint8)).to(self.device)
-        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            out = self._torchvision(x) if self.reference else self.deploy(x)
+        try:
+            with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16,
+                                                        enabled=self.precision == "bf16"):
+                out = self._torchvision(x) if self.reference else self.deploy(x)
+        except RuntimeError as e:  # e.g. metadata that builds a model which cannot run
+            raise ModelLoadError(f"{self.path}: torch cannot run the model ({first_line(e)})") from None
         if x.is_cuda:
             torch.cuda.synchronize()
         return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in zip(OUTPUT_NAMES, out)}
