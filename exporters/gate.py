@@ -1,4 +1,4 @@
-"""The mAP gate of reduced-precision artifacts (bf16 compute; INT8 follows the same rule).
+"""The mAP gate of reduced-precision artifacts, shared by bf16 compute and INT8.
 
 Box-level parity against the fp32 deploy graph holds fp32 artifacts to 1e-4 px, but a reduced
 precision moves scores a little and, where two overlapping boxes nearly tie, NMS keeps the
@@ -42,13 +42,14 @@ class GateResult:
 
 
 def map_gate(test, reference, meta, what: str, images: int = GATE_IMAGES,
-             max_drop: float = DEFAULT_MAX_DROP) -> GateResult:
+             max_drop: float = DEFAULT_MAX_DROP, spec: str | None = None) -> GateResult:
     """Score `test` (the reduced-precision artifact) and `reference` (fp32) on the first `images`
-    validation images of the checkpoint's dataset; print the parity figures and the verdict.
-    Without ground truth there is nothing to gate on, and the gate fails."""
+    validation images of dataset `spec` (None: the checkpoint's own, its validation split); print
+    the parity figures and the verdict. Without ground truth there is nothing to gate on, and
+    the gate fails."""
     from .verify import verify
 
-    report = verify(test, reference, meta, images, REPORT_ONLY)
+    report = verify(test, reference, meta, images, REPORT_ONLY, spec=spec)
     result = GateResult(what, False, report.map_test, report.map_reference, max_drop, report)
     result.passed = result.drop is not None and result.drop <= max_drop
     print(f"{what} figures (reported, not gated): {report.summary()}")

@@ -111,11 +111,11 @@ class GroundTruth(Detector):
 
     runtime = "ground-truth"
 
-    def __init__(self, meta, n):
+    def __init__(self, meta, n, spec=None):
         from exporters.verify import sample_images
 
         self.meta = meta
-        images, gt, ids, _ = sample_images(meta, n)
+        images, gt, ids, _ = sample_images(meta, n, spec=spec)
         self.truth = {}
         for image, image_id in zip(images, ids):
             anns = [a for a in gt["annotations"] if a["image_id"] == image_id]
@@ -136,6 +136,17 @@ def test_gate_fails_on_a_drop_and_passes_within_it(irs):
     assert low.report.passed  # parity is reported with no thresholds: only the drop decides
     same = map_gate_module.map_gate(truth, truth, test.meta, "bf16", images=6)
     assert same.passed and same.drop == 0
+
+
+def test_gate_scores_on_the_dataset_spec_it_is_given(irs, capsys):
+    test = runtimes.load(irs["bf16"], cache_dir=None)
+    other = "shapes:train=2,val=3,seed=5"  # not the checkpoint's own dataset (seed 0, 12 val images)
+    truth = GroundTruth(test.meta, 3, spec=other)
+    result = map_gate_module.map_gate(test, truth, test.meta, "bf16", images=3, spec=other)
+    assert result.map_fp32 == pytest.approx(1.0) and not result.passed  # scored on `other`'s ground truth
+    assert "on shapes-val (3 images)" in capsys.readouterr().out
+    with pytest.raises(KeyError):  # spec=None: the checkpoint's own images, which `truth` has never seen
+        map_gate_module.map_gate(test, truth, test.meta, "bf16", images=3)
 
 
 def test_cli_bf16_records_reports_and_gates(tiny_onnx, tmp_path, capsys, monkeypatch):
