@@ -31,12 +31,13 @@ def cpu_flags() -> list[str]:
 
 
 def reduced_precision() -> dict:
-    """What this CPU offers reduced-precision inference: bf16 (AVX-512 BF16, AMX-BF16), INT8 dot
-    products (AVX-512 / AVX VNNI, AMX-INT8), and what OpenVINO's CPU plugin makes of them (its
-    OPTIMIZATION_CAPABILITIES; BF16 there is what runtimes.openvino needs to keep a bf16 IR in bf16)."""
+    """What this CPU offers reduced-precision inference: bf16 (AVX-512 BF16 vector dot products,
+    AMX-BF16 matrix tiles), fp16 (AVX-512 FP16), INT8 dot products (AVX-512 / AVX VNNI, AMX-INT8),
+    and what OpenVINO's CPU plugin makes of them (its OPTIMIZATION_CAPABILITIES; BF16 there is
+    what runtimes.openvino needs to keep a bf16 IR in bf16)."""
     flags = set(cpu_flags())
-    out = dict(avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags, amx_int8="amx_int8" in flags,
-               vnni=sorted(flags & {"avx512_vnni", "avx_vnni"}), openvino_cpu=None)
+    out = dict(avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags, avx512_fp16="avx512_fp16" in flags,
+               amx_int8="amx_int8" in flags, vnni=sorted(flags & {"avx512_vnni", "avx_vnni"}), openvino_cpu=None)
     try:
         from runtimes.openvino import core
 
