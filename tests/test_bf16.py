@@ -275,3 +275,17 @@ def test_bench_records_what_each_row_ran_in(tiny_run, tmp_path):
     assert bf16["parity"]["thresholds"]["min_matched"] == 0 and bf16["parity"]["passed"]
     base = rows["torchvision-fp32"]["latency_e2e"]["p50_ms"]
     assert bf16["speedup"] == pytest.approx(base / bf16["latency_e2e"]["p50_ms"])
+
+
+def test_bf16_speed_prepares_an_ir_per_precision(tiny_run, tmp_path, capsys):
+    from benchmarks import bf16_speed
+
+    checkpoint, irs = bf16_speed.prepare(tmp_path, str(tiny_run))
+    for recorded, xml in irs.items():
+        assert runtimes.load(xml, precision=None, cache_dir=None).meta.export["inference_precision"] == recorded
+    stamp = {p: xml.stat().st_mtime for p, xml in irs.items()}
+    assert bf16_speed.prepare(tmp_path, str(tiny_run))[1] == irs  # reused, not converted again
+    assert {p: xml.stat().st_mtime for p, xml in irs.items()} == stamp
+    with pytest.raises(SystemExit) as e:
+        bf16_speed.main(["--help"])
+    assert e.value.code == 0 and "--threads" in capsys.readouterr().out
