@@ -34,7 +34,8 @@ def _providers(device: str) -> list:
     raise ModelLoadError(f"unknown device {device!r} for onnxruntime (use cpu, cuda or cuda:N)")
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, profile: str | None = None):
+    """profile: a file prefix; ONNX Runtime's profiler then records every run (session.end_profiling())."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -42,14 +43,19 @@ def session_options(threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile)
     return so
 
 
 class OnnxRuntimeDetector(Detector):
     runtime = "onnxruntime"
 
-    def __init__(self, path, device: str = "cpu", threads: int | None = None, winograd: bool | None = None):
-        """winograd: rewrite big 3x3 convolutions (default: on the CPU only; cuDNN picks its own algorithms)."""
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, winograd: bool | None = None,
+                 profile: str | None = None):
+        """winograd: rewrite big 3x3 convolutions (default: on the CPU only; cuDNN picks its own algorithms).
+        profile: file prefix for ONNX Runtime's profiler (benchmarks.crosscheck); off by default."""
         import onnx
         import onnxruntime as ort
 
@@ -66,7 +72,7 @@ class OnnxRuntimeDetector(Detector):
         except ValueError:
             raise ModelLoadError(f"{self.path}: no frcnn-deploy metadata (export it with python -m exporters.onnx)") from None
         self.flavor = "trt" if any(o.domain == PLUGIN_DOMAIN for o in model.opset_import) else "onnx"
-        providers, so = _providers(device), session_options(threads)
+        providers, so = _providers(device), session_options(threads, profile)
         self.winograd_convs = 0  # how many convolutions were rewritten
         if self.flavor == "onnx" and (device == "cpu" if winograd is None else winograd):
             from .winograd import rewrite
