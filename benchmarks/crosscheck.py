@@ -1,7 +1,8 @@
 """`benchmarks/run.py --cross-check`: each runtime's own tool on the same artifact, threads,
-precision and input canvas as our timing, in the same invocation right after it, printed next
-to our model-only p50 with the ratio. After each tool, our timer runs that row alone once more
-(`ours alone`), back to back with the tool.
+precision and input canvas as our timing, in the same invocation right after the table's timing.
+The tool's runs alternate with blocks of our timer on that row alone, in rounds (--rounds), so
+that load which comes and goes hits both alike. Printed: our table's model-only p50, the tool's
+median (of its runs' medians) and their ratio, and our p50 alone and its ratio to the tool.
 
 - OpenVINO: benchmark_app (a console script of the openvino wheel; where it is not on the PATH,
   openvino.tools.benchmark.main:main, which has no `python -m` entry), synchronous, one stream,
@@ -31,27 +32,29 @@ import numpy as np
 from benchmarks import timing
 from runtimes.base import first_line
 
-HEAD = ["row", "tool", "ours p50 ms", "tool median ms", "ours / tool", "ours alone p50 ms", "status"]
+HEAD = ["row", "tool", "ours p50 ms", "tool median ms", "ours / tool", "ours alone p50 ms", "alone / tool",
+        "status"]
 
 
-def _check(row, tool: str, **fields) -> dict:
-    ours = (row.result.get("latency_model") or {}).get("p50_ms")
-    check = dict(row=f"{row.name} {row.precision}", runtime=row.runtime, tool=tool, ours_ms=ours, tool_ms=None,
-                 alone_ms=None, status="ok", command=None, note="")
-    check.update(fields)
-    if check["tool_ms"] and ours:
-        check["ratio"] = ours / check["tool_ms"]
-    return check
+class Unavailable(Exception):
+    """The tool cannot run here; the message says why (one line)."""
 
 
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list[str], timeout: float) -> str:
+    """stdout of a tool's command; RuntimeError with its telling line when it fails."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+    if r.returncode != 0:
+        lines = [l.strip() for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
+        errors = [l for l in lines if "ERROR" in l or "rror" in l]
+        raise RuntimeError((errors or lines or [f"exit code {r.returncode}"])[-1][:200])
+    return r.stdout
 
 
-def _tail(r: subprocess.CompletedProcess) -> str:
-    lines = [l.strip() for l in (r.stderr + "\n" + r.stdout).splitlines() if l.strip()]
-    errors = [l for l in lines if "ERROR" in l or "rror" in l]
-    return (errors or lines or [f"exit code {r.returncode}"])[-1][:200]
+def _timeout(row, n: int) -> float:
+    return 120 + 10 * n * row.result["latency_model"]["p50_ms"] / 1000
 
 
 # ------------------------------------------------------------------ OpenVINO: benchmark_app
@@ -83,32 +86,36 @@ def parse_benchmark_app(stdout: str, report: Path | None = None) -> dict:
                 max_ms=found.get("max"), n=int(count.group(1)) if count else None)
 
 
-def benchmark_app(row, canvas: np.ndarray, threads: int, iters: int, work: Path, options) -> dict:
-    det = row.detector
-    cmd = benchmark_app_command()
-    if cmd is None:
-        return _check(row, "benchmark_app", status="not available: openvino.tools.benchmark not importable")
-    work.mkdir(parents=True, exist_ok=True)
-    np.save(work / "canvas.npy", canvas)
-    report = work / "benchmark_report.json"
-    report.unlink(missing_ok=True)
-    cmd += ["-m", str(det.path), "-d", det.device, "-hint", "none", "-nstreams", "1", "-api", "sync",
-            "-nthreads", str(det.threads or threads), "-niter", str(iters), "-i", str(work / "canvas.npy"),
-            "-json_stats", "-report_type", "no_counters", "-report_folder", str(work)]
-    if det.precision:
-        cmd += ["-infer_precision", det.precision]
-    if det.batch is None:  # a dynamic-batch IR: the batch of our canvas
-        cmd += ["-shape", f"images[{','.join(map(str, canvas.shape))}]"]
-    shown = " ".join(["benchmark_app", *cmd[cmd.index("-m"):]])
-    try:
-        r = _run(cmd, timeout=120 + iters * 10 * (row.result["latency_model"]["p50_ms"] / 1000))
-    except subprocess.TimeoutExpired:
-        return _check(row, "benchmark_app", status="failed: timed out", command=shown)
-    if r.returncode != 0:
-        return _check(row, "benchmark_app", status=f"failed: {_tail(r)}", command=shown)
-    stats = parse_benchmark_app(r.stdout, report)
-    return _check(row, "benchmark_app", tool_ms=stats["median_ms"], tool_stats=stats, command=shown,
-                  note="median of its synchronous loop, fed our canvas (-i)")
+class BenchmarkApp:
+    """OpenVINO's benchmark_app on the row's IR, our canvas as its input."""
+
+    name = "benchmark_app"
+    note = "median of its synchronous loop, fed our canvas (-i)"
+
+    def __init__(self, row, canvas: np.ndarray, threads: int, work: Path, options):
+        exe = benchmark_app_command()
+        if exe is None:
+            raise Unavailable("openvino.tools.benchmark is not importable")
+        det, self.row, self.work, self.medians = row.detector, row, work, []
+        np.save(work / "canvas.npy", canvas)
+        self.args = ["-m", str(det.path), "-d", det.device, "-hint", "none", "-nstreams", "1", "-api", "sync",
+                     "-nthreads", str(det.threads or threads), "-i", str(work / "canvas.npy")]
+        if det.precision:
+            self.args += ["-infer_precision", det.precision]
+        if det.batch is None:  # a dynamic-batch IR: the batch of our canvas
+            self.args += ["-shape", f"images[{','.join(map(str, canvas.shape))}]"]
+        self.exe = exe
+        self.command = " ".join(["benchmark_app", *self.args, "-niter N"])
+
+    def measure(self, n: int) -> None:
+        report = self.work / "benchmark_report.json"
+        report.unlink(missing_ok=True)
+        out = _run(self.exe + self.args + ["-niter", str(n), "-json_stats", "-report_type", "no_counters",
+                                           "-report_folder", str(self.work)], _timeout(self.row, n))
+        self.medians.append(parse_benchmark_app(out, report)["median_ms"])
+
+    def finish(self) -> list[float]:
+        return self.medians
 
 
 # ------------------------------------------------------------------ ONNX Runtime: its profiler
@@ -118,27 +125,42 @@ def profile_runs(path: str | Path) -> list[float]:
     return [e["dur"] / 1000 for e in events if e.get("name") == "model_run" and e.get("cat") == "Session"]
 
 
-def ort_profiler(row, canvas: np.ndarray, threads: int, iters: int, work: Path, options) -> dict:
-    import time
+class OrtProfiler:
+    """A profiled session of the row's graph (same runtimes.load options), run back to back."""
 
-    import runtimes
+    name = "onnxruntime profiler"
+    warmup = 2  # untimed runs before each measured run of n
 
-    work.mkdir(parents=True, exist_ok=True)
-    det = runtimes.load(row.artifact, device=row.detector.device, runtime="onnxruntime", **options(row),
-                        profile=str(work / "ort-profile"))
-    warmup = 3
-    ours = []
-    for i in range(warmup + iters):
-        t = time.perf_counter()
-        det.infer_batched(canvas)
-        ours.append(time.perf_counter() - t)
-    runs = profile_runs(det.session.end_profiling())[warmup:]
-    if len(runs) != iters:
-        return _check(row, "onnxruntime profiler", status=f"failed: {len(runs)} model_run events, expected {iters}")
-    same = timing.percentiles(ours[warmup:])["p50_ms"]
-    return _check(row, "onnxruntime profiler", tool_ms=float(np.median(runs)), same_calls_ms=same,
-                  command=f"SessionOptions.enable_profiling, {iters} runs after {warmup} warm-up",
-                  note=f"median of its model_run events; our clock on the same profiled calls: p50 {same:.2f} ms")
+    def __init__(self, row, canvas: np.ndarray, threads: int, work: Path, options):
+        import runtimes
+
+        self.det = runtimes.load(row.artifact, device=row.detector.device, runtime="onnxruntime", **options(row),
+                                 profile=str(work / "ort-profile"))
+        self.canvas, self.sizes, self.ours = canvas, [], []
+        self.command = "SessionOptions.enable_profiling on the same graph and options"
+
+    def measure(self, n: int) -> None:
+        import time
+
+        for i in range(self.warmup + n):
+            t = time.perf_counter()
+            self.det.infer_batched(self.canvas)
+            if i >= self.warmup:
+                self.ours.append(time.perf_counter() - t)
+        self.sizes.append(n)
+
+    def finish(self) -> list[float]:
+        runs, medians = profile_runs(self.det.session.end_profiling()), []
+        if len(runs) != sum(self.sizes) + self.warmup * len(self.sizes):
+            raise RuntimeError(f"{len(runs)} model_run events in the profile, expected "
+                               f"{sum(self.sizes) + self.warmup * len(self.sizes)}")
+        for n in self.sizes:
+            medians.append(float(np.median(runs[self.warmup: self.warmup + n])))
+            runs = runs[self.warmup + n:]
+        same = timing.percentiles(self.ours)["p50_ms"]
+        self.note = (f"median of its model_run events; our clock around the same profiled calls: p50 {same:.2f} ms "
+                     "(profiling records every node, which costs time)")
+        return medians
 
 
 # ------------------------------------------------------------------ TensorRT: trtexec
@@ -157,59 +179,89 @@ def parse_trtexec(stdout: str) -> dict:
     return out
 
 
-def trtexec(row, canvas: np.ndarray, threads: int, iters: int, work: Path, options) -> dict:
-    exe = shutil.which("trtexec")
-    if exe is None:
-        return _check(row, "trtexec", status="not available: trtexec is not on the PATH (TensorRT not installed here)")
-    det = row.detector
+class Trtexec:
+    """trtexec on the row's engine with our canvas (--loadInputs)."""
+
+    name = "trtexec"
+
+    def __init__(self, row, canvas: np.ndarray, threads: int, work: Path, options):
+        exe = shutil.which("trtexec")
+        if exe is None:
+            raise Unavailable("trtexec is not on the PATH (TensorRT not installed here)")
+        det, self.row, self.stats = row.detector, row, []
+        canvas.tofile(work / "canvas.bin")
+        self.args = [f"--loadEngine={det.path}", f"--loadInputs=images:{work / 'canvas.bin'}", "--duration=0",
+                     "--warmUp=500", "--avgRuns=1", "--useSpinWait", f"--device={det.device.split(':')[-1]}"]
+        if det.batch is None:
+            self.args.append(f"--shapes=images:{'x'.join(map(str, canvas.shape))}")
+        if det.meta.export.get("plugins", "custom") == "custom":
+            from runtimes.tensorrt import find_plugin_library
+
+            self.args.append(f"--dynamicPlugins={find_plugin_library(None, det.meta.export.get('plugin_library'))}")
+        self.exe = exe
+        self.command = " ".join(["trtexec", *self.args, "--iterations=N"])
+
+    def measure(self, n: int) -> None:
+        self.stats.append(parse_trtexec(_run([self.exe, *self.args, f"--iterations={n}"], _timeout(self.row, n))))
+
+    def finish(self) -> list[float]:
+        gpu = [s.get("gpu_compute_median_ms") for s in self.stats]
+        self.note = f"median Latency (H2D + compute + D2H); GPU compute medians {gpu} ms"
+        return [s["latency_median_ms"] for s in self.stats]
+
+
+TOOLS = {"openvino": BenchmarkApp, "onnxruntime": OrtProfiler, "tensorrt": Trtexec}  # runtime -> its own tool
+
+
+def _check(row, tool: str, **fields) -> dict:
+    ours = (row.result.get("latency_model") or {}).get("p50_ms")
+    check = dict(row=f"{row.name} {row.precision}", runtime=row.runtime, tool=tool, ours_ms=ours, tool_ms=None,
+                 tool_runs=[], alone_ms=None, status="ok", command=None, note="")
+    check.update(fields)
+    if check["tool_ms"] and ours:
+        check["ratio"] = ours / check["tool_ms"]
+    if check["tool_ms"] and check["alone_ms"]:
+        check["alone_ratio"] = check["alone_ms"] / check["tool_ms"]
+    return check
+
+
+def cross_check(row, sample: list, threads: int, iters: int, rounds: int, work: Path, options) -> dict:
+    """`rounds` rounds, each a run of the row's tool and then a block of our timer on the row alone
+    (iters split across them): the tool's median (of its runs' medians) against our table's p50
+    and our p50 alone, measured in turn with the tool."""
+    cls = TOOLS[row.runtime]
     work.mkdir(parents=True, exist_ok=True)
-    canvas.tofile(work / "canvas.bin")
-    cmd = [exe, f"--loadEngine={det.path}", f"--loadInputs=images:{work / 'canvas.bin'}", f"--iterations={iters}",
-           "--duration=0", "--warmUp=500", "--avgRuns=1", "--useSpinWait", f"--device={det.device.split(':')[-1]}"]
-    if det.batch is None:
-        cmd.append(f"--shapes=images:{'x'.join(map(str, canvas.shape))}")
-    if det.meta.export.get("plugins", "custom") == "custom":
-        from runtimes.tensorrt import find_plugin_library
-
-        cmd.append(f"--dynamicPlugins={find_plugin_library(None, det.meta.export.get('plugin_library'))}")
-    shown = " ".join(["trtexec", *cmd[1:]])
-    r = _run(cmd, timeout=300)
-    if r.returncode != 0:
-        return _check(row, "trtexec", status=f"failed: {_tail(r)}", command=shown)
-    stats = parse_trtexec(r.stdout)
-    return _check(row, "trtexec", tool_ms=stats["latency_median_ms"], tool_stats=stats, command=shown,
-                  note=f"median Latency (H2D + compute + D2H); GPU compute median {stats.get('gpu_compute_median_ms')} ms")
+    try:
+        tool = cls(row, row.detector.prepare(sample)[0], threads, work, options)
+    except Unavailable as e:
+        return _check(row, cls.name, status=f"not available: {e}")
+    ours = []
+    for n in timing.split(iters, rounds):
+        tool.measure(n)
+        done = timing.blocks({row.key: timing.staged(row.detector, sample)}, [n], warmup=0, desc="ours alone")
+        ours += timing.samples(done, row.key, "model")
+    runs = tool.finish()
+    return _check(row, cls.name, tool_ms=float(np.median(runs)), tool_runs=runs,
+                  alone_ms=timing.percentiles(ours)["p50_ms"], command=tool.command, note=tool.note)
 
 
-TOOLS: dict[str, tuple[str, Callable]] = {  # runtime -> (the tool's name, how to run it)
-    "openvino": ("benchmark_app", benchmark_app),
-    "onnxruntime": ("onnxruntime profiler", ort_profiler),
-    "tensorrt": ("trtexec", trtexec),
-}
-
-
-def run(rows: list, sample: list, threads: int, iters: int, work: Path, options: Callable) -> list[dict]:
-    """Each row whose runtime has a tool: the tool, then our timer on that row alone. Rows that did
-    not run get a "not available" line with their status. `options(row)` are its runtimes.load options."""
+def run(rows: list, sample: list, threads: int, iters: int, rounds: int, work: Path, options: Callable) -> list[dict]:
+    """cross_check of each row whose runtime has a tool; rows that did not run get a line saying why.
+    `options(row)` are the row's runtimes.load options."""
     checks = []
     for row in rows:
         if row.runtime not in TOOLS:
             continue
-        name, tool = TOOLS[row.runtime]
-        if row.status != "ok" or row.detector is None:
+        name = TOOLS[row.runtime].name
+        if row.detector is None or not row.result.get("latency_model"):  # parity failures are still timed
             status = row.status if row.status.startswith("not available") else f"not available: {row.status}"
             checks.append(_check(row, name, status=status))
             continue
-        canvas = row.detector.prepare(sample)[0]
-        print(f"cross-check {row.name} {row.precision}: {name} ...", flush=True)
+        print(f"cross-check {row.name} {row.precision}: {name} and ours, {rounds} rounds ...", flush=True)
         try:
-            check = tool(row, canvas, threads, iters, work / row.key, options)
-        except Exception as e:  # a tool's odd output or a failed load must not lose the run's results
-            check = _check(row, name, status=f"failed: {first_line(e)}")
-        if check["status"] == "ok":
-            done = timing.blocks({row.key: timing.staged(row.detector, sample)}, [iters], desc="ours alone")
-            check["alone_ms"] = timing.percentiles(timing.samples(done, row.key, "model"))["p50_ms"]
-        checks.append(check)
+            checks.append(cross_check(row, sample, threads, iters, rounds, work / row.key, options))
+        except Exception as e:  # a tool's failure or odd output must not lose the run's results
+            checks.append(_check(row, name, status=f"failed: {first_line(e)}"))
     return checks
 
 
@@ -218,12 +270,16 @@ def _ms(v) -> str:
 
 
 def cells(c: dict) -> list[str]:
-    ratio = f"{c['ratio']:.3f}" if c.get("ratio") else "-"
-    return [c["row"], c["tool"], _ms(c["ours_ms"]), _ms(c["tool_ms"]), ratio, _ms(c["alone_ms"]), c["status"]]
+    ratio = lambda k: f"{c[k]:.3f}" if c.get(k) else "-"  # noqa: E731
+    status = c["status"] if len(c["status"]) <= 30 else c["status"][:27] + "..."
+    return [c["row"], c["tool"], _ms(c["ours_ms"]), _ms(c["tool_ms"]), ratio("ratio"), _ms(c["alone_ms"]),
+            ratio("alone_ratio"), status]
 
 
 def describe(c: dict) -> str:
-    return f"{c['row']}, {c['tool']}: " + "; ".join(x for x in (c.get("command"), c.get("note")) if x)
+    """The command and how to read it, or the full status of a check that did not run."""
+    what = [c["command"], c["note"]] if c["status"] == "ok" else [c["status"]]
+    return f"{c['row']}, {c['tool']}: " + "; ".join(x for x in what if x)
 
 
 def table(checks: list[dict]) -> str:

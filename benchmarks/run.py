@@ -334,16 +334,17 @@ def latency(rows: list[Row], sample: list, a) -> None:
             row.result["speedup"] = row.result["speedup_e2e"]
     for row in rows:
         for flag in row.result["flags"]:
-            print(f"warning: {row.name} {row.precision}: {flag}" + (
-                f"; above --cv-warn {a.cv_warn:.0%}: other jobs or clock changes; rerun, or raise --iters"
+            print(f"warning: {row.name} {row.precision} timing is {flag}" + (
+                f" (above --cv-warn {a.cv_warn:.0%}): other jobs or clock changes; rerun, or raise --iters"
                 if flag.startswith("unstable") else ""), file=sys.stderr)
 
 
 def timing_flags(model: dict, e2e: dict, cv_warn: float) -> list[str]:
     """What the table flags in a row's timing: a coefficient of variation above `cv_warn`, and
     end to end faster than model only at any percentile (the method excludes it: a flag is a bug)."""
-    flags = [f"unstable {what} (cv {st['cv']:.1%})" for what, st in (("model", model), ("e2e", e2e))
-             if timing.unstable(st, cv_warn)]
+    flags = []
+    if timing.unstable(model, cv_warn) or timing.unstable(e2e, cv_warn):
+        flags.append(f"unstable: coefficient of variation {model['cv']:.1%} model only, {e2e['cv']:.1%} end to end")
     if any(e2e[p] < model[p] for p in ("p50_ms", "p90_ms", "p99_ms")):
         flags.append("e2e < model")
     return flags
@@ -460,7 +461,7 @@ def main(argv=None) -> int:
     if a.cross_check:
         from benchmarks import crosscheck
 
-        checks = crosscheck.run(rows, sample, a.threads, a.iters or 40, out / "cross-check",
+        checks = crosscheck.run(rows, sample, a.threads, a.iters or 40, a.rounds, out / "cross-check",
                                 lambda row: load_options(row, a.threads))
         print()
         print(crosscheck.table(checks))

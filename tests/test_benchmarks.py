@@ -270,9 +270,10 @@ def test_table_flags_unstable_rows_and_e2e_below_model():
     shaky = dict(rows[0]["latency_model"], cv=0.2)
     rows[0]["flags"] = timing_flags(shaky, rows[0]["latency_e2e"], 0.05)
     rows[1]["flags"] = timing_flags(rows[1]["latency_model"], dict(rows[1]["latency_e2e"], p90_ms=1.0), 0.05)
-    assert rows[0]["flags"] == ["unstable model (cv 20.0%)"] and rows[1]["flags"] == ["e2e < model"]
+    assert rows[0]["flags"] == ["unstable: coefficient of variation 20.0% model only, 1.0% end to end"]
+    assert rows[1]["flags"] == ["e2e < model"]
     text = report.table(rows)
-    assert "runtime0 fp32: unstable model (cv 20.0%)" in text and "runtime1 fp32: e2e < model" in text
+    assert "runtime0 fp32: unstable: coefficient of variation 20.0%" in text and "runtime1 fp32: e2e < model" in text
     first, second = text.splitlines()[2:4]
     assert first.rstrip().endswith("unstable") and second.rstrip().endswith("e2e < model")
     assert timing_flags(rows[1]["latency_model"], rows[1]["latency_model"], 0.05) == []
