@@ -27,8 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import system, timing
-from benchmarks.run import add_speed_args, check_speed_args, exported_onnx, newer_than
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/openvino_speed.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import system, timing  # noqa: E402
+from benchmarks.run import add_speed_args, check_speed_args, exported_onnx, newer_than  # noqa: E402
 
 
 def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:

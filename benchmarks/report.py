@@ -158,6 +158,24 @@ def spread(desired: list[float], gap: float, lo: float = 0.0, hi: float = 1.0) -
     return placed
 
 
+def label_order(points: list[tuple[float, float]], gap: float) -> list[float]:
+    """Desired label heights for (x, y) points in axes units: each point's height, except that
+    points closer in height than `gap` share one, their labels going top down from left to right
+    (so that their leader lines do not cross)."""
+    order = sorted(range(len(points)), key=lambda i: points[i][1])
+    clusters, heights = [], [0.0] * len(points)
+    for i in order:
+        if clusters and points[i][1] - points[clusters[-1][-1]][1] < gap:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+    for cluster in clusters:
+        mid = sum(points[i][1] for i in cluster) / len(cluster)
+        for rank, i in enumerate(sorted(cluster, key=lambda i: -points[i][0])):  # rightmost lowest
+            heights[i] = mid + 1e-9 * rank
+    return heights
+
+
 def latency_map_figure(results: list[dict], title: str):
     """The latency-vs-mAP figure: end-to-end p50 (log x) against mAP, one point per row (and
     machine), each labelled in a column to the right of the axes with a line to its point; the
@@ -190,7 +208,7 @@ def latency_map_figure(results: list[dict], title: str):
     ax.set_ylim(low, low + span)
     ax.set_xscale("log")
     ax.set_xlim(min(lat) / 1.35, max(lat) * 1.35)
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     colours = plt.get_cmap("tab10")
@@ -201,8 +219,7 @@ def latency_map_figure(results: list[dict], title: str):
         ax.scatter(x, y, s=50, marker=markers[k % len(markers)], color=colour(label), zorder=3, edgecolor="black",
                    linewidth=0.5)
     gap = line_pt / 72 / (fig.get_figheight() * ax.get_position().height)
-    # the labels' order follows the points' height; points at the same height go left to right, top down
-    desired = [(y - low) / span - 1e-9 * math.log(x) for x, y, _, _ in points]
+    desired = label_order([(math.log(x), (y - low) / span) for x, y, _, _ in points], gap)
     to_axes = ax.transData + ax.transAxes.inverted()
     for (x, y, label, k), slot in zip(points, spread(desired, gap)):
         # the leader runs inside the axes to the right edge, then level to its label: never through a label

@@ -261,6 +261,17 @@ def test_spread_keeps_order_and_gap():
     assert max(top) <= 1.0 and top == sorted(top)
 
 
+def test_labels_of_points_at_one_height_go_top_down_left_to_right():
+    """So that their leader lines, all running right to the label column, never cross."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import label_order
+
+    # (log latency, height): three nearly tied points, one well above them
+    heights = label_order([(3.0, 0.50), (1.0, 0.501), (2.0, 0.499), (1.5, 0.9)], gap=0.05)
+    assert heights[1] > heights[2] > heights[0]  # left to right, top down
+    assert heights[3] == pytest.approx(0.9) and abs(heights[0] - 0.5) < 1e-6
+
+
 def test_table_flags_unstable_rows_and_e2e_below_model():
     sys.path.insert(0, str(ROOT))
     from benchmarks import report
