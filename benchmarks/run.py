@@ -4,6 +4,7 @@
     python benchmarks/run.py                                  # train/reuse the default tiny model, all runtimes
     python benchmarks/run.py --model runs/my-run --runtime onnxruntime,openvino
     python benchmarks/run.py --model random:resnet50_fpn --eval-images 0 --iters 5   # R50 speed only
+    python benchmarks/run.py --model torchvision:resnet50_fpn --data coco-val2017    # torchvision's COCO box AP
     python benchmarks/run.py --model model.onnx               # one artifact alone: .onnx, .xml (or its folder), .engine
     python benchmarks/run.py --cross-check                    # and each runtime's own tool beside our figure
 
@@ -170,6 +171,22 @@ def random_model(arch: str, work: Path) -> Path:
     return path
 
 
+def pretrained_model(spec: str, work: Path) -> Path:
+    """Named weights (torchvision:ARCH, a URL: trainer.weights) as one of our checkpoints, so that
+    every row and fresh process loads plain safetensors; kept per weights file."""
+    from trainer.checkpoint import CheckpointError, load_any, save_checkpoint
+    from trainer.weights import cache_path, lookup
+
+    try:
+        path = work / cache_path(lookup(spec)[0]).stem / "model.safetensors"
+        if not path.exists():
+            model, meta = load_any(spec)
+            save_checkpoint(path, model, meta)
+    except CheckpointError as e:
+        fail(first_line(e))
+    return path.resolve()  # the fresh-process probes run elsewhere
+
+
 def newer_than(artifact: Path, checkpoint: Path) -> bool:
     """Whether `artifact` exists and was written after `checkpoint` (a file, or a run dir's weights)."""
     weights = checkpoint if checkpoint.is_file() else checkpoint / "model.safetensors"
@@ -213,13 +230,17 @@ def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path
 def resolve_model(spec: str | None) -> tuple[Path | None, Row | None]:
     """--model as (checkpoint, None) or (None, the artifact's row).
 
-    A run dir, checkpoint, .pth or random:ARCH is a checkpoint; an .onnx, .xml (or a folder
-    holding one) or .engine is an artifact, benchmarked alone by the runtime runtimes.load picks
-    for it. More kinds of artifact (a triton:// model, issue 15) plug in here."""
+    A run dir, checkpoint, .pth, random:ARCH or named weights (torchvision:ARCH, a URL) is a
+    checkpoint; an .onnx, .xml (or a folder holding one) or .engine is an artifact, benchmarked
+    alone by the runtime runtimes.load picks for it. More kinds of artifact (a triton:// model, issue 15) plug in here."""
     if not spec:
         return default_model(), None
     if spec.startswith("random:"):
         return random_model(spec.split(":", 1)[1], Path("runs/bench-models")), None
+    from trainer.weights import is_named
+
+    if is_named(spec):
+        return pretrained_model(spec, Path("runs/bench-models")), None
     if not Path(spec).exists():
         fail(f"{spec}: no such model")
     import runtimes
@@ -361,10 +382,13 @@ def tolerances(precision: str):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="run dir, checkpoint, .pth, random:ARCH, or an artifact: .onnx, .xml, .engine "
-                                   "(default: the tiny shapes model)")
+    p.add_argument("--model", help="run dir, checkpoint, .pth, random:ARCH, named weights (torchvision:resnet50_fpn, "
+                                   "_v2, mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn; a URL), or an "
+                                   "artifact: .onnx, .xml, .engine (default: the tiny shapes model)")
     p.add_argument("--runtime", default="all", help=f"{', '.join(ALL)}, a comma list, or all (default all)")
-    p.add_argument("--data", help="evaluation data (default: the model's dataset, its validation split)")
+    p.add_argument("--data", help="evaluation data, any trainer --data spec, e.g. coco-val2017[:DIR] (found under "
+                                  "DIR or $COCO_ROOT, else downloaded) (default: the model's dataset, its "
+                                  "validation split)")
     p.add_argument("--eval-images", type=int, help="images for mAP/parity (default: the whole validation split; 0: skip)")
     p.add_argument("--batch", type=int, default=1, help="batch size for export and timing (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
@@ -404,6 +428,13 @@ def main(argv=None) -> int:
     import platform
 
     out = a.out or Path("runs/bench") / f"{platform.node() or 'host'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if a.data:  # before any export: a dataset that cannot be had is one line, not a fallback
+        from trainer.data import DatasetError, validation_set
+
+        try:
+            validation_set(a.data)
+        except DatasetError as e:
+            fail(first_line(e))
     checkpoint, artifact = resolve_model(a.model)
     import runtimes
 
