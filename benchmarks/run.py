@@ -237,11 +237,11 @@ def resolve_model(spec: str | None) -> tuple[Path | None, Row | None]:
         return default_model(), None
     if spec.startswith("random:"):
         return random_model(spec.split(":", 1)[1], Path("runs/bench-models")), None
-    from trainer.weights import is_named
+    if not Path(spec).exists():  # a file or folder here is what it names; only then weights to fetch
+        from trainer.weights import is_named  # (imports torch: never for an artifact that exists)
 
-    if is_named(spec):
-        return pretrained_model(spec, Path("runs/bench-models")), None
-    if not Path(spec).exists():
+        if is_named(spec):
+            return pretrained_model(spec, Path("runs/bench-models")), None
         fail(f"{spec}: no such model")
     import runtimes
 
@@ -307,12 +307,16 @@ def probe(row: Row, device: str, threads: int, batch: int) -> None:
 
 
 def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path) -> None:
-    """Detections of every row on the evaluation images -> COCO JSON, mAP, parity vs the deploy graph."""
+    """Detections of every row on the evaluation images -> COCO JSON, mAP, parity vs the deploy graph.
+    Scored against the ground truth of exactly these images (written to ground_truth.json): the
+    rest of the split, never run, would count as misses."""
     from tqdm import tqdm
 
-    from runtimes.coco import evaluate, to_coco_results
+    from runtimes.coco import evaluate, restrict, to_coco_results
     from runtimes.parity import compare
 
+    gt = restrict(gt, ids)
+    (out / "ground_truth.json").write_text(json.dumps(gt))
     dets = {}
     for row in rows:
         found = []
@@ -479,9 +483,9 @@ def main(argv=None) -> int:
     n_eval = a.eval_images if a.eval_images is not None else 10**9
     images, gt, ids, source = sample_images(meta, max(n_eval, a.batch))
     if n_eval and gt is not None:
-        print(f"accuracy on {source}")
-        accuracy(live, images[:n_eval], gt, ids[:n_eval], meta, a.batch, out)
-        (out / "ground_truth.json").write_text(json.dumps(gt))
+        ids = ids[:n_eval]
+        print(f"accuracy on {source.split(' (')[0]} ({len(ids)} images)")
+        accuracy(live, images[:n_eval], gt, ids, meta, a.batch, out)
     elif n_eval:
         print(f"no ground truth for {meta.arch}'s classes here: mAP and parity skipped (timing on {source})")
     sample = [images[i % len(images)] for i in range(a.batch)]
@@ -500,7 +504,7 @@ def main(argv=None) -> int:
     settings = dict(model=str(checkpoint or artifact.artifact), arch=meta.arch, canvas=list(meta.canvas),
                     batch=a.batch, device=a.device, threads=a.threads, warmup=a.warmup, iters=a.iters,
                     seconds=a.seconds, rounds=a.rounds, block_warmup=a.block_warmup, settle_s=timing.SETTLE_S,
-                    eval_images=len(ids[:n_eval]) if (n_eval and gt is not None) else 0,
+                    eval_images=len(ids) if (n_eval and gt is not None) else 0,
                     dataset=meta.provenance.get("dataset"))
     result = dict(system=system.describe(), settings=settings, cross_check=checks,
                   rows=[dict(name=r.name, precision=r.precision, runtime=r.runtime, status=r.status,
