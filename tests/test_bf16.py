@@ -260,7 +260,8 @@ def test_bench_records_what_each_row_ran_in(tiny_run, tmp_path):
 
     out = tmp_path / "bench"
     r = subprocess.run([sys.executable, "benchmarks/run.py", "--model", str(tiny_run), "--runtime", "openvino",
-                        "--eval-images", "2", "--iters", "1", "--warmup", "0", "--threads", "2", "--out", str(out)],
+                        "--eval-images", "2", "--iters", "1", "--rounds", "1", "--warmup", "0", "--block-warmup", "0",
+                        "--threads", "2", "--out", str(out)],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
