@@ -71,12 +71,11 @@ class TritonDetector(Detector):
         """
         self.url = str(url)
         self.protocol, self.host, self.port, self.name = parse_url(self.url)
-        self.timeout = float(timeout)
+        self._timeout = float(timeout)
         self.device = f"triton-{self.protocol}"
         self._local = threading.local()
         self._clients = []  # every thread's client, closed together
         self._lock = threading.Lock()
-        self.path = None
         config = self._load_config()
         self.meta = self._read_meta(config)
         self.max_batch_size = int(config.get("max_batch_size", 0))
@@ -87,6 +86,16 @@ class TritonDetector(Detector):
             raise ModelLoadError(f"{self.url}: input {INPUT_NAME} has dims {dims}, the metadata's canvas needs "
                                  f"{['B' if e is None else e for e in expected]}")
         self.batch = None if self.max_batch_size else dims[0]
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for a connection and for each answer; setting it reconnects."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = float(seconds)
+        self.close()  # HTTP clients take their timeouts when made
 
     # -------------------------------------------------------------- connecting
     def _module(self):
@@ -171,6 +180,9 @@ class TritonDetector(Detector):
         if canvas.shape[1:] != (*self.canvas, 3):
             raise ValueError(f"expected a uint8 canvas batch [B, {self.canvas[0]}, {self.canvas[1]}, 3], "
                              f"got {list(canvas.shape)}")
+        if self.batch is not None and len(canvas) != self.batch:
+            raise ValueError(f"{self.url} has a fixed batch of {self.batch}, got {len(canvas)} images "
+                             "(call the detector, which pads)")
         step = self.max_batch_size or len(canvas)
         parts = [self._request(canvas[i: i + step]) for i in range(0, len(canvas), step)]
         if len(parts) == 1:
@@ -202,6 +214,12 @@ class TritonDetector(Detector):
             except Exception:  # a connection the server dropped already
                 pass
         self._local = threading.local()
+
+    def __enter__(self) -> "TritonDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         batch = self.batch if self.batch is not None else f"1..{self.max_batch_size}"

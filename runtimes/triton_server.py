@@ -139,6 +139,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` is still there."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of the group exists
+        return True
+    return True
+
+
 class TritonServer:
     """The bundled tritonserver on `repo`, on 127.0.0.1; use as a context manager.
 
@@ -147,12 +158,15 @@ class TritonServer:
     """
 
     def __init__(self, repo, env=None, http_port: int | None = None, grpc_port: int | None = None,
-                 models: list[str] | None = None, log_file=None, start_timeout: float = 180.0):
+                 models: list[str] | None = None, log_file=None, start_timeout: float = 180.0,
+                 exit_timeout: int = 5):
         """models: load only these (explicit model control), else every model in the repository.
-        log_file: where the server's output goes (default: a temporary file, printed on a failed start)."""
+        log_file: where the server's output goes (default: a temporary file, quoted on a failed start).
+        exit_timeout: how long the server waits, once told to stop, for in-flight requests and open
+        client connections (Triton's default of 30 s is spent entirely on a client's idle keep-alive)."""
         self.repo, self.env = Path(repo).resolve(), Path(env or default_env())
         self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
-        self.models, self.start_timeout = models, start_timeout
+        self.models, self.start_timeout, self.exit_timeout = models, start_timeout, exit_timeout
         self.log_file = Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -166,7 +180,8 @@ class TritonServer:
     def command(self, layout: dict) -> list[str]:
         cmd = [layout["server"], f"--model-repository={self.repo}", f"--backend-directory={layout['backends']}",
                f"--http-address={HOST}", f"--http-port={self.http_port}",
-               f"--grpc-address={HOST}", f"--grpc-port={self.grpc_port}", "--allow-metrics=false"]
+               f"--grpc-address={HOST}", f"--grpc-port={self.grpc_port}", "--allow-metrics=false",
+               f"--exit-timeout-secs={self.exit_timeout}"]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         return cmd
@@ -225,16 +240,19 @@ class TritonServer:
         return " | ".join((errors or text or ["empty log"])[-lines:]).strip()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the server's PID (it unloads the models, whose stubs exit), SIGKILL to its
-        process group if it is still there after `timeout` seconds."""
+        """SIGTERM to the server's PID (it unloads the models, its Python-backend stubs exit, and
+        so does it, within exit_timeout), then SIGKILL to its process group for whatever is still
+        there after `timeout` seconds."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
+        if process is not None:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while (process.poll() is None or _group_alive(process.pid)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _group_alive(process.pid):
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+            process.wait(10)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
