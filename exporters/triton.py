@@ -316,33 +316,40 @@ def tensorrt_readme(artifact: Artifact, repo: Path, name: str) -> str:
     """How to serve this engine: the TensorRT version rule and the plugin library's command line."""
     export = artifact.meta.export
     version, plugins = export.get("tensorrt", "unknown"), export.get("plugins", "custom")
-    library = Path(export.get("plugin_library") or "libfrcnn_trt_plugins.so").name
-    lines = [f"# Serving {name} (TensorRT engine) with Triton", "",
-             f"This engine was built with TensorRT {version} ({export.get('precision', 'fp32')}, plugins: {plugins}).",
-             "An engine runs only under the TensorRT version and on the GPU model it was built with: serve it",
-             f"with the Triton release whose own TensorRT is {version} (`dpkg -l | grep nvinfer` inside the",
-             "tritonserver container tells), or rebuild it with python -m exporters.trt inside that container.", ""]
+    built = Path(export.get("plugin_library") or "plugins/build/libfrcnn_trt_plugins.so")
+    library = built.name
+    docker = (f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v {repo.resolve()}:/models"
+              + (f" -v {built.parent}:/plugins" if plugins == "custom" else "")
+              + " nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\")
+    lines = [f"# Serving {name} (a TensorRT engine) with Triton", "",
+             f"Built with TensorRT {version} ({export.get('precision', 'fp32')}, plugins: {plugins}). An engine runs",
+             "only under the TensorRT version and on the GPU model it was built with: serve it with the Triton",
+             f"release whose own TensorRT is {version} (NVIDIA's support matrix lists each release's TensorRT), or",
+             "rebuild it inside that release's container with python -m exporters.trt.", ""]
     if plugins == "custom":
         lines += [
-            f"It needs our plugin library, {library}. The library must be built against the Triton release's own",
-            "TensorRT version (python -m plugins.build inside the tritonserver container, or against the",
-            "headers and libnvinfer of that exact version); a library built for another TensorRT version",
-            "fails to load or breaks the engine's deserialization.", "",
-            "Start the server with the library handed to the TensorRT backend:", "", "```",
-            f"tritonserver --model-repository={repo.resolve()} \\",
+            f"It needs our plugin library, {library}, and that library must be built against the Triton",
+            "release's own TensorRT version (python -m plugins.build against that exact version's headers",
+            "and libnvinfer): one built for another version fails to load or breaks the engine's",
+            "deserialization.", "",
+            "The TensorRT backend loads it from the command line:", "", "```",
+            "tritonserver --model-repository=/models \\",
             f"    --backend-config=tensorrt,plugins=/plugins/{library}", "```", "",
-            "or preloaded into the server process:", "", "```",
-            f"LD_PRELOAD=/plugins/{library} tritonserver --model-repository={repo.resolve()}", "```", "",
-            f"(/plugins/{library} is where the library lies inside the container, e.g. mounted with",
-            f"`docker run ... -v $PWD/plugins/build:/plugins`.) Both ways only dlopen the library: its",
-            "plugins must register themselves when it is loaded (a static registrar calling",
-            "IPluginRegistry::registerCreator). A library that registers them only through",
-            "getCreators (the IPluginRegistry::loadLibrary entry point) is not seen by Triton, and",
-            "loading the engine then fails with a missing plugin creator.", ""]
+            "or the server process preloads it:", "", "```",
+            f"LD_PRELOAD=/plugins/{library} tritonserver --model-repository=/models", "```", "",
+            "in NVIDIA's container, with the repository and the library mounted:", "", "```", docker,
+            f"    tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/plugins/{library}",
+            "```", "",
+            "Both ways only dlopen the library (the backend's plugins= option calls dlopen, nothing else), so",
+            "its plugins must register themselves when it is loaded, from a static initialiser calling",
+            "IPluginRegistry::registerCreator. A library that offers its creators only through getCreators",
+            "(the entry point of IPluginRegistry::loadLibrary and trtexec --dynamicPlugins) stays unseen,",
+            "and the engine then fails to load with a missing plugin creator.", ""]
     else:
-        lines += ["It uses TensorRT's own plugins (ROIAlign_TRT) and native NMS, which the TensorRT backend",
-                  "registers itself: no plugin library is needed.", "",
-                  "```", f"tritonserver --model-repository={repo.resolve()}", "```", ""]
+        lines += ["It uses TensorRT's own plugins (ROIAlign_TRT) and its native NMS layer, which the TensorRT",
+                  "backend registers by itself: no plugin library is needed.", "", "```",
+                  "tritonserver --model-repository=/models", "```", "", "in NVIDIA's container:", "", "```",
+                  docker, "    tritonserver --model-repository=/models", "```", ""]
     return "\n".join(lines)
 
 

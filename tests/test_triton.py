@@ -181,11 +181,11 @@ def test_tensorrt_readme_gives_the_plugin_command_line_and_the_version_rule(tmp_
     model_dir, _ = triton_export.export_repository(fake_engine(tmp_path / "e", [1, 4, 8]), tmp_path / "repo",
                                                    name="trt")
     readme = (model_dir / "README.md").read_text()
-    repo = (tmp_path / "repo").resolve()
-    assert f"tritonserver --model-repository={repo}" in readme
-    assert "--backend-config=tensorrt,plugins=/plugins/libfrcnn_trt_plugins.so" in readme
-    assert f"LD_PRELOAD=/plugins/libfrcnn_trt_plugins.so tritonserver --model-repository={repo}" in readme
-    assert "TensorRT 10.16.0.72" in readme and "built against the Triton release's own" in readme
+    assert "tritonserver --model-repository=/models \\\n    --backend-config=tensorrt,plugins=/plugins/" \
+           "libfrcnn_trt_plugins.so" in readme
+    assert "LD_PRELOAD=/plugins/libfrcnn_trt_plugins.so tritonserver --model-repository=/models" in readme
+    assert f"-v {(tmp_path / 'repo').resolve()}:/models -v /opt/frcnn:/plugins" in readme  # where it was built
+    assert "TensorRT 10.16.0.72" in readme and "built against the Triton\nrelease's own TensorRT version" in readme
     builtin_dir, _ = triton_export.export_repository(fake_engine(tmp_path / "b", [1, 4, 8], plugins="builtin"),
                                                      tmp_path / "repo", name="trt_builtin")
     builtin = (builtin_dir / "README.md").read_text()
