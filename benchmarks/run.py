@@ -4,6 +4,7 @@
     python benchmarks/run.py                                  # train/reuse the default tiny model, all runtimes
     python benchmarks/run.py --model runs/my-run --runtime onnxruntime,openvino
     python benchmarks/run.py --model random:resnet50_fpn --eval-images 0 --iters 5   # R50 speed only
+    python benchmarks/run.py --runtime onnxruntime,triton --triton-url triton://127.0.0.1:8000/frcnn_tiny
 
 With no --model, the default tiny model is trained on the built-in shapes data (or reused
 from runs/default-tiny). Each runtime gets its artifact exported from the checkpoint, then:
@@ -12,6 +13,11 @@ against the PyTorch deploy graph, model-only and end-to-end latency p50/p90/p99 
 runtimes alternating in rounds), throughput, peak memory and start-up time (each in a fresh
 process). Writes results.json (with hardware and versions), report.md and a latency-vs-mAP
 plot; exits 1 when a runtime's mAP falls below the reference by more than --max-map-drop.
+
+--runtime triton measures a model on a running Triton server (--triton-url, written by
+exporters.triton from an export of the same checkpoint) like any runtime, and then the
+throughput of 1, 4 and 16 concurrent one-image clients, beside the direct ONNX Runtime adapter
+when that is measured too (benchmarks.concurrency).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from runtimes.base import first_line  # noqa: E402
 
 DEFAULT_RUN = Path("runs/default-tiny")
 ALL = ("torch", "onnxruntime", "openvino", "tensorrt")
+SERVED = ("triton",)  # runtimes that need a server (--triton-url); not part of "all"
 THREADED = ("torch", "torchvision", "onnxruntime", "openvino")
 
 
@@ -126,7 +133,7 @@ def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path
     return checkpoint, onnx_path
 
 
-def plan(wanted: list[str], device: str) -> list[Row]:
+def plan(wanted: list[str], device: str, triton_url: str | None = None) -> list[Row]:
     """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
     graph (the parity reference), then each requested runtime and precision."""
     import runtimes
@@ -138,6 +145,8 @@ def plan(wanted: list[str], device: str) -> list[Row]:
         rows += [Row("openvino", "openvino"), Row("openvino", "openvino", "fp16-weights")]
     if "tensorrt" in wanted:
         rows.append(Row("tensorrt", "tensorrt", "fp16"))
+    if "triton" in wanted:
+        rows.append(Row("triton", "triton", artifact=triton_url))  # the artifact is the served model
     for row in rows:
         reason = runtimes.unavailable(row.runtime, device)
         if reason:
@@ -151,7 +160,7 @@ def export_all(rows: list[Row], checkpoint: Path, model, meta, work: Path, batch
     fresh = lambda p: newer_than(p, Path(checkpoint))  # noqa: E731
     onnx_path = work / f"model.b{batch}.onnx"
     for row in rows:
-        if row.status != "ok":
+        if row.status != "ok" or row.runtime in SERVED:
             continue
         if row.runtime in ("torch", "torchvision"):
             row.artifact = Path(checkpoint)
@@ -194,6 +203,22 @@ def artifact_mb(path: Path) -> float:
     if path.is_dir():
         files = [path / "model.safetensors"]
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
+
+
+def concurrent_clients(rows: list[Row], images, calls: int) -> None:
+    """Images/s with 1, 4 and 16 concurrent one-image clients of each row that serves several
+    threads at once (Triton, and the direct ONNX Runtime adapter to hold it against)."""
+    from benchmarks import concurrency
+
+    rows = [r for r in rows if r.runtime in concurrency.THREAD_SAFE]
+    if not any(r.runtime in SERVED for r in rows):
+        return
+    results = concurrency.throughput({r.key: r.detector for r in rows}, images, calls=calls)
+    print("concurrent clients, images/s (median of rounds):")
+    for row in rows:
+        row.result["concurrent"] = {str(c): v for c, v in results[row.key].items()}
+        print(f"  {row.key:20s} " + "   ".join(f"{c:2d} clients {v['images_per_s']:6.1f}"
+                                               for c, v in results[row.key].items()))
 
 
 # ------------------------------------------------------------------ measurements
@@ -267,7 +292,12 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="run dir, checkpoint, .pth, or random:ARCH (default: the tiny shapes model)")
-    p.add_argument("--runtime", default="all", help="torch, onnxruntime, openvino, tensorrt, a comma list, or all")
+    p.add_argument("--runtime", default="all",
+                   help="torch, onnxruntime, openvino, tensorrt, triton, a comma list, or all (all but triton)")
+    p.add_argument("--triton-url", help="the served model for --runtime triton: triton://host:8000/name or "
+                                        "triton+grpc://host:8001/name")
+    p.add_argument("--concurrent-calls", type=int, default=8,
+                   help="calls per client in the concurrent-clients throughput (default 8)")
     p.add_argument("--data", help="evaluation data (default: the checkpoint's dataset, its validation split)")
     p.add_argument("--eval-images", type=int, help="images for mAP/parity (default: the whole validation split; 0: skip)")
     p.add_argument("--batch", type=int, default=1, help="batch size for export and timing (default 1)")
@@ -282,9 +312,13 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, help="results folder (default runs/bench/HOST-TIME)")
     a = p.parse_args(argv)
     a.runtimes = list(ALL) if a.runtime == "all" else [r.strip() for r in a.runtime.split(",")]
-    bad = [r for r in a.runtimes if r not in ALL]
+    bad = [r for r in a.runtimes if r not in ALL + SERVED]
     if bad:
-        p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(ALL)} or all")
+        p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(ALL + SERVED)} or all")
+    if ("triton" in a.runtimes) != bool(a.triton_url):
+        p.error("--runtime triton and --triton-url URL go together")
+    if a.concurrent_calls < 1:
+        p.error("--concurrent-calls must be at least 1")
     if a.batch < 1 or a.threads < 1:
         p.error("--batch and --threads must be at least 1")
     if a.iters is None and a.seconds is None:
@@ -314,18 +348,23 @@ def main(argv=None) -> int:
     from exporters.verify import sample_images
 
     model, meta = load_source(str(checkpoint))
-    rows = plan(a.runtimes, a.device)
+    rows = plan(a.runtimes, a.device, a.triton_url)
     out.mkdir(parents=True, exist_ok=True)
     export_all(rows, checkpoint, model, meta, out / "artifacts", a.batch)
     del model  # every runtime loads its own from the artifact
     live = [r for r in rows if r.status == "ok"]
     for row in live:
-        row.result["size_mb"] = artifact_mb(row.artifact)
+        if row.runtime not in SERVED:  # a served model's size is the server's business
+            row.result["size_mb"] = artifact_mb(row.artifact)
         probe(row, a.device, a.threads, a.batch)
     live = [r for r in rows if r.status == "ok"]
     for row in live:
         opts = {"threads": a.threads} if row.runtime in THREADED else {}
-        row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **opts)
+        try:
+            row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **opts)
+        except runtimes.ModelLoadError as e:  # a served model can be gone since the probe
+            row.status = f"load failed: {e}"
+    live = [r for r in rows if r.status == "ok"]
 
     if a.data:
         meta.provenance = dict(meta.provenance, dataset=a.data, val_dataset=None)
@@ -340,9 +379,10 @@ def main(argv=None) -> int:
     print(f"timing {len(live)} runtimes: batch {a.batch}, {a.threads} threads, {a.warmup} warm-up, "
           f"{a.iters or str(a.seconds) + ' s'} rounds")
     latency(live, images, a.batch, a.warmup, a.iters, a.seconds)
+    concurrent_clients(live, images, a.concurrent_calls)
 
     settings = dict(model=str(checkpoint), arch=meta.arch, canvas=list(meta.canvas), batch=a.batch, device=a.device,
-                    threads=a.threads, warmup=a.warmup, iters=a.iters, seconds=a.seconds,
+                    threads=a.threads, warmup=a.warmup, iters=a.iters, seconds=a.seconds, triton_url=a.triton_url,
                     eval_images=len(ids[:n_eval]) if (n_eval and gt is not None) else 0)
     result = dict(system=system.describe(), settings=settings,
                   rows=[dict(name=r.name, precision=r.precision, runtime=r.runtime, status=r.status,
