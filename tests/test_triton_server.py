@@ -10,6 +10,7 @@ outside CI; in CI (CI=true) a missing server is a failure."""
 import os
 import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,15 +21,24 @@ import runtimes  # noqa: E402
 from exporters.triton import export_repository  # noqa: E402
 from runtimes.base import ModelLoadError  # noqa: E402
 from runtimes.triton import TritonDetector, TritonError  # noqa: E402
-from runtimes.triton_server import SOURCE, TritonServer, TritonServerError, env_problem, setup_env  # noqa: E402
+from runtimes.triton_server import (ENV_VARIABLE, SOURCE, TritonServer, TritonServerError, env_problem,  # noqa: E402
+                                    setup_env)
 
 THREADS, REQUESTS_PER_THREAD = 8, 2  # bounded load: 16 one-image requests per protocol
 MAX_BATCH = 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_openvino_cache(tmp_path_factory):
+    """The direct OpenVINO adapter and the one inside the server compile into a temporary cache, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FRCNN_OPENVINO_CACHE", str(tmp_path_factory.mktemp("openvino_cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def server_env():
-    env = SOURCE / ".triton-env" if not os.environ.get("FRCNN_TRITON_ENV") else os.environ["FRCNN_TRITON_ENV"]
+    env = Path(os.environ.get(ENV_VARIABLE) or SOURCE / ".triton-env")
     if env_problem(env):
         try:
             setup_env(env, log=lambda *_: None)
