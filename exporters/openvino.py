@@ -20,7 +20,7 @@ from pathlib import Path
 from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
 
-from .cli import add_verify_args, check_reference_arg, fail, load_source
+from .cli import CHECKPOINT_HELP, add_verify_args, check_reference_arg, fail, load_source
 
 def onnx_meta(onnx_path: Path) -> ModelMeta:
     """The metadata of a standard-flavour ONNX file (OpenVINO cannot run plugin nodes)."""
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", type=Path, help="standard-flavour ONNX written by python -m exporters.onnx")
-    src.add_argument("--checkpoint", help="run directory, .safetensors or torchvision .pth (exported to ONNX first)")
+    src.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (exported to ONNX first)")
     p.add_argument("--out", type=Path, required=True, help="output folder (model.xml + model.bin), or a .xml path")
     p.add_argument("--fp16-weights", action="store_true",
                    help="store weights as fp16 (half the size; looser parity defaults, see below); default fp32")

@@ -48,7 +48,7 @@ from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, imp
                                make_logger, sidecar_path, version_tuple)
 
 from .cli import add_verify_args, check_reference_arg, fail, load_source
-from .trt_check import ensure_ready
+from .trt_check import NotReadyError, ensure_ready
 
 MISSING = 3  # exit code: something to install or build is missing
 FLAVOR = {"custom": "trt", "builtin": "onnx"}  # --plugins -> the ONNX flavour it builds from
@@ -389,12 +389,16 @@ def main(argv=None) -> int:
             if not a.onnx.is_file():
                 fail(f"{a.onnx}: no such file")
             onnx_meta = read_onnx_meta(a.onnx)
+            if a.check:  # the graph's own rules first: they need no TensorRT
+                ensure_ready(a.onnx)
             plugins = plugins_for(onnx_meta.export.get("flavor", "onnx"), a.plugins)
             onnx_precision = onnx_meta.export.get("precision", "fp32")
             profile = batch_profile(onnx_meta.export.get("batch"), a.batch, a.max_batch, a.opt_batch)
         else:
             plugins = a.plugins or "custom"
             profile = checkpoint_profile(a.batch, a.max_batch, a.opt_batch)
+    except NotReadyError as e:
+        fail(str(e), 1)
     except ValueError as e:
         fail(first_line(e))
     try:
@@ -420,7 +424,7 @@ def main(argv=None) -> int:
                              a.verbose, check=a.check)
         else:
             build_engine(a.onnx, a.out, onnx_meta, plan, profile, plugins, library, a.workspace, a.timing_cache,
-                         a.verbose, check=a.check)
+                         a.verbose, check=False)  # checked above
     except ModelLoadError as e:
         fail(str(e), MISSING)
     except (EngineBuildError, ValueError) as e:

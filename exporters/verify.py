@@ -12,16 +12,17 @@ from runtimes.parity import ParityReport, Thresholds, compare
 from .cli import fail, load_source, thresholds_from
 
 
-def sample_images(meta: ModelMeta, n: int):
+def sample_images(meta: ModelMeta, n: int, download: bool = False):
     """(images, gt, image_ids, source): the checkpoint's validation images when its dataset can be
-    read here, else synthetic `shapes` images without ground truth for this model's classes."""
-    from trainer.data import build_datasets
+    read here, else synthetic `shapes` images without ground truth for this model's classes.
+    A dataset known by name (coco-val2017) is downloaded only when `download`."""
+    from trainer.data import validation_set
     from trainer.data.shapes import render
 
     spec = meta.provenance.get("dataset")
     if spec:
         try:
-            val = build_datasets(spec, meta.provenance.get("val_dataset"))[1]
+            val = validation_set(spec, meta.provenance.get("val_dataset"), download)
             idx = range(min(n, len(val)))
             samples = [val.load(i) for i in idx]
             gt = val.coco_dict()
