@@ -319,7 +319,7 @@ def tensorrt_readme(artifact: Artifact, repo: Path, name: str) -> str:
     built = Path(export.get("plugin_library") or "plugins/build/libfrcnn_trt_plugins.so")
     library = built.name
     docker = (f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v {repo.resolve()}:/models"
-              + (f" -v {built.parent}:/plugins" if plugins == "custom" else "")
+              + (f" -v {built.parent}:/plugins -e FRCNN_TRT_REGISTER_ON_LOAD=1" if plugins == "custom" else "")
               + " nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\")
     lines = [f"# Serving {name} (a TensorRT engine) with Triton", "",
              f"Built with TensorRT {version} ({export.get('precision', 'fp32')}, plugins: {plugins}). An engine runs",
@@ -332,19 +332,29 @@ def tensorrt_readme(artifact: Artifact, repo: Path, name: str) -> str:
             "release's own TensorRT version (python -m plugins.build against that exact version's headers",
             "and libnvinfer): one built for another version fails to load or breaks the engine's",
             "deserialization.", "",
+            "Triton's TensorRT backend only dlopens a plugin library (its plugins= option calls dlopen and",
+            "nothing else; LD_PRELOAD is a dlopen too), so the library must register its plugins while it",
+            f"loads. {library} does that only when FRCNN_TRT_REGISTER_ON_LOAD=1 is set in the server's",
+            "environment: it then looks up getPluginRegistry in libnvinfer.so.<major> (the TensorRT major",
+            "version it was built against; loaded if it is not loaded yet) and registers each of its",
+            "creators that is not registered already. Without the variable nothing registers and the",
+            "engine fails to load with a missing plugin creator; with it but no such libnvinfer, the",
+            "library prints one line (frcnn plugins: FRCNN_TRT_REGISTER_ON_LOAD=1 but ...) to stderr.",
+            "Leave it unset where the library goes through IPluginRegistry::loadLibrary (python -m",
+            "exporters.trt, runtimes.load(engine), trtexec --dynamicPlugins): that registers the",
+            "creators itself.", "",
             "The TensorRT backend loads it from the command line:", "", "```",
-            "tritonserver --model-repository=/models \\",
+            "FRCNN_TRT_REGISTER_ON_LOAD=1 tritonserver --model-repository=/models \\",
             f"    --backend-config=tensorrt,plugins=/plugins/{library}", "```", "",
-            "or the server process preloads it:", "", "```",
-            f"LD_PRELOAD=/plugins/{library} tritonserver --model-repository=/models", "```", "",
+            "or the server process preloads it (libnvinfer.so.<major> must then be on the loader's path):",
+            "", "```",
+            f"FRCNN_TRT_REGISTER_ON_LOAD=1 LD_PRELOAD=/plugins/{library} tritonserver --model-repository=/models",
+            "```", "",
             "in NVIDIA's container, with the repository and the library mounted:", "", "```", docker,
             f"    tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/plugins/{library}",
             "```", "",
-            "Both ways only dlopen the library (the backend's plugins= option calls dlopen, nothing else), so",
-            "its plugins must register themselves when it is loaded, from a static initialiser calling",
-            "IPluginRegistry::registerCreator. A library that offers its creators only through getCreators",
-            "(the entry point of IPluginRegistry::loadLibrary and trtexec --dynamicPlugins) stays unseen,",
-            "and the engine then fails to load with a missing plugin creator.", ""]
+            "Not executed here (no GPU, no TensorRT): the backend's loading is read from its sources and",
+            "the registration was tested against a stand-in libnvinfer (plugins/README.md).", ""]
     else:
         lines += ["It uses TensorRT's own plugins (ROIAlign_TRT) and its native NMS layer, which the TensorRT",
                   "backend registers by itself: no plugin library is needed.", "", "```",

@@ -181,15 +181,20 @@ def test_tensorrt_readme_gives_the_plugin_command_line_and_the_version_rule(tmp_
     model_dir, _ = triton_export.export_repository(fake_engine(tmp_path / "e", [1, 4, 8]), tmp_path / "repo",
                                                    name="trt")
     readme = (model_dir / "README.md").read_text()
-    assert "tritonserver --model-repository=/models \\\n    --backend-config=tensorrt,plugins=/plugins/" \
-           "libfrcnn_trt_plugins.so" in readme
-    assert "LD_PRELOAD=/plugins/libfrcnn_trt_plugins.so tritonserver --model-repository=/models" in readme
-    assert f"-v {(tmp_path / 'repo').resolve()}:/models -v /opt/frcnn:/plugins" in readme  # where it was built
+    # Triton only dlopens the library: every command line turns on its registration at load time
+    assert "FRCNN_TRT_REGISTER_ON_LOAD=1 tritonserver --model-repository=/models \\\n    --backend-config=tensorrt," \
+           "plugins=/plugins/libfrcnn_trt_plugins.so" in readme
+    assert "FRCNN_TRT_REGISTER_ON_LOAD=1 LD_PRELOAD=/plugins/libfrcnn_trt_plugins.so tritonserver " \
+           "--model-repository=/models" in readme
+    assert (f"-v {(tmp_path / 'repo').resolve()}:/models -v /opt/frcnn:/plugins -e FRCNN_TRT_REGISTER_ON_LOAD=1 "
+            "nvcr.io/") in readme  # where it was built
+    assert "does that only when FRCNN_TRT_REGISTER_ON_LOAD=1 is set" in " ".join(readme.split())
     assert "TensorRT 10.16.0.72" in readme and "built against the Triton\nrelease's own TensorRT version" in readme
     builtin_dir, _ = triton_export.export_repository(fake_engine(tmp_path / "b", [1, 4, 8], plugins="builtin"),
                                                      tmp_path / "repo", name="trt_builtin")
     builtin = (builtin_dir / "README.md").read_text()
     assert "no plugin library is needed" in builtin and "plugins=" not in builtin
+    assert "FRCNN_TRT_REGISTER_ON_LOAD" not in builtin
 
 
 # ------------------------------------------------------------------ one-line errors
