@@ -303,6 +303,20 @@ def test_an_unreachable_server_is_one_line(scheme):
     assert "\n" not in str(e.value) and url in str(e.value)
 
 
+def test_the_adapter_imports_no_torch():
+    """The client side is an edge runtime like the others: loading a triton:// model (both
+    protocols, as far as an unreachable server lets it go) leaves torch and onnx unimported."""
+    code = (f"import sys, runtimes\n"
+            f"for url in ('triton://127.0.0.1:{closed_port()}/m', 'triton+grpc://127.0.0.1:{closed_port()}/m'):\n"
+            f"    try:\n        runtimes.load(url, timeout=5)\n"
+            f"    except runtimes.ModelLoadError:\n        pass\n"
+            f"assert 'tritonclient.grpc' in sys.modules and 'tritonclient.http' in sys.modules\n"
+            f"print(sorted(m for m in ('torch', 'torchvision', 'onnx') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("scheme", ["triton", "triton+grpc"])
 def test_a_server_that_never_answers_times_out_in_one_line(scheme):
     """A listener on loopback that accepts connections and says nothing."""
