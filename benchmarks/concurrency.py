@@ -1,8 +1,9 @@
 """Throughput under concurrent clients: N threads, each sending one image per call to a shared
 detector, for a fixed number of calls. For a Triton model this is N clients of one server (its
 dynamic batcher groups their requests); for a direct adapter, N threads sharing one session.
-Detectors alternate block by block, so drift of the machine hits each alike. No timing happens
-in unit tests."""
+Detectors alternate block by block, so drift of the machine hits each alike; as in
+benchmarks.timing, each block follows an idle pause (timing.SETTLE_S) and one untimed call
+that wakes the runtime's threads. No timing happens in unit tests."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,7 @@ import time
 
 from tqdm import tqdm
 
-from .timing import percentiles
+from .timing import SETTLE_S, percentiles
 
 CLIENTS = (1, 4, 16)
 THREAD_SAFE = ("onnxruntime", "triton")  # adapters whose one instance serves many threads at once
@@ -55,10 +56,10 @@ def one_block(detector, images: list, clients: int, calls: int, timeout: float =
 
 
 def throughput(detectors: dict, images: list, clients=CLIENTS, calls: int = 8, rounds: int = 2,
-               warmup: int = 2, settle: float = 0.05) -> dict[str, dict[int, dict]]:
+               warmup: int = 2, settle: float = SETTLE_S) -> dict[str, dict[int, dict]]:
     """name -> clients -> {images_per_s (median over rounds), p50_ms, p90_ms, ... of the last round}.
     Every detector gets `warmup` calls first; each round runs every detector once per client count,
-    the order rotating."""
+    the order rotating, each block after `settle` seconds idle and one untimed call."""
     names = list(detectors)
     for name in names:
         for image in images[:warmup]:
@@ -71,6 +72,7 @@ def throughput(detectors: dict, images: list, clients=CLIENTS, calls: int = 8, r
             for k in range(len(names)):
                 name = names[(rnd + k) % len(names)]
                 time.sleep(settle)  # the previous block's thread pools spin down
+                detectors[name](images[0])  # and this one's wake up, untimed
                 block = one_block(detectors[name], images, c, calls)
                 rates[name][c].append(block["images_per_s"])
                 last[name][c] = block

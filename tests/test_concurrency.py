@@ -48,4 +48,5 @@ def test_rounds_and_client_counts_are_all_measured():
     out = concurrency.throughput(dets, images=[0, 1], clients=(1, 2), calls=2, rounds=2, warmup=1, settle=0)
     assert set(out) == {"a", "b"} and set(out["a"]) == {1, 2}
     assert out["a"][2]["rounds"] == 2 and out["a"][2]["n"] == 4
-    assert dets["a"].calls == 1 + 2 * (1 * 2 + 2 * 2)  # warm-up + rounds x (1 client + 2 clients) x 2 calls
+    # warm-up + rounds x client counts x (one untimed call + clients x 2 calls)
+    assert dets["a"].calls == 1 + 2 * ((1 + 1 * 2) + (1 + 2 * 2))

@@ -179,6 +179,59 @@ def test_a_request_that_takes_too_long_is_one_line(server, images, protocol):
     assert "\n" not in str(e.value)
 
 
+# ------------------------------------------------------------------ benchmarks/run.py on a served model
+def run_benchmark(args: list, tmp_path, block_torch: bool = False) -> dict:
+    """benchmarks/run.py on the server's model; its results.json. Nothing here asserts a timing."""
+    import json
+    import sys
+
+    from tests.test_edge_app import NO_TORCH
+
+    out = tmp_path / "bench"
+    wrapper = ["-c", NO_TORCH] if block_torch else []
+    r = subprocess.run([sys.executable, *wrapper, "benchmarks/run.py", *map(str, args), "--iters", "2", "--rounds",
+                        "2", "--warmup", "1", "--concurrent-calls", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=SOURCE, timeout=600,
+                       env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "concurrent one-image clients" in r.stdout
+    return json.loads((out / "results.json").read_text())
+
+
+def assert_concurrent_clients_measured(row: dict) -> None:
+    assert set(row["concurrent"]) == {"1", "4", "16"}
+    for clients, block in row["concurrent"].items():
+        assert block["images_per_s"] > 0 and block["n"] == int(clients) * block["calls"]
+
+
+def test_benchmark_measures_the_served_model_beside_the_direct_adapter(server, tiny_run, tmp_path):
+    """--runtime onnxruntime,triton --triton-url: the served model (the same checkpoint's dynamic-batch
+    ONNX) gets mAP, parity against the deploy graph and latency like the direct adapter, then both
+    get the 1/4/16 concurrent-clients throughput."""
+    url = server.url("onnx_dynamic")
+    res = run_benchmark(["--model", tiny_run, "--runtime", "onnxruntime,triton", "--triton-url", url,
+                         "--eval-images", "6"], tmp_path)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"torchvision", "torch", "onnxruntime", "triton"}
+    served, direct = rows["triton"], rows["onnxruntime"]
+    assert served["status"] == "ok" and served["artifact"] == url and res["settings"]["triton_url"] == url
+    assert served["parity"]["matched_fraction"] >= 0.99 and abs(served["map"] - direct["map"]) < 1e-3
+    assert served["latency_model"]["n"] == 2 and served["startup_s"] > 0 and "size_mb" not in served
+    for row in (served, direct):
+        assert_concurrent_clients_measured(row)
+    assert "concurrent" not in rows["torch"]  # not a detector that serves many threads
+
+
+def test_benchmark_of_a_served_model_alone_imports_no_torch(server, tmp_path):
+    """--model triton+grpc://...: the served model alone, mAP on the dataset its metadata names."""
+    res = run_benchmark(["--model", server.url("onnx_dynamic", "grpc"), "--eval-images", "4"], tmp_path,
+                        block_torch=True)
+    [row] = res["rows"]
+    assert row["runtime"] == "triton" and row["status"] == "ok" and row["map"] is not None
+    assert res["settings"]["dataset"] == "shapes:train=8,val=12" and "parity" not in row
+    assert_concurrent_clients_measured(row)
+
+
 def test_server_log_and_ports_are_loopback_only(server):
     text = server.log_file.read_text(errors="replace")
     assert f"Started GRPCInferenceService at 127.0.0.1:{server.grpc_port}" in text
