@@ -303,6 +303,18 @@ def test_an_unreachable_server_is_one_line(scheme):
     assert "\n" not in str(e.value) and url in str(e.value)
 
 
+def test_benchmark_of_an_unreachable_served_model_is_one_line(tmp_path):
+    """benchmarks/run.py: --model URL with nothing listening, and --runtime triton without its URL."""
+    url = f"triton://127.0.0.1:{closed_port()}/m"
+    for args, message, usage in [(["--model", url], f"error: {url}: Triton server at 127.0.0.1:", False),
+                                 (["--runtime", "onnxruntime,triton"], "--triton-url URL go together", True)]:
+        r = subprocess.run([sys.executable, "benchmarks/run.py", *args, "--out", str(tmp_path / "o")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and message in lines[-1] and "Traceback" not in r.stderr, r.stderr
+        assert usage or len(lines) == 1  # argparse's usage lines, else the one error line alone
+
+
 def test_the_adapter_imports_no_torch():
     """The client side is an edge runtime like the others: loading a triton:// model (both
     protocols, as far as an unreachable server lets it go) leaves torch and onnx unimported."""
