@@ -8,6 +8,12 @@ by default). The model metadata travels in the IR's rt_info, so `runtimes.load(o
 nothing else. Parity: the IR through runtimes.load against the PyTorch deploy graph of the
 checkpoint; with --onnx alone, against ONNX Runtime on that ONNX (--reference-checkpoint
 compares against PyTorch instead).
+
+--int8 quantizes the fp32 IR with NNCF (exporters.openvino_int8), calibrated on --calib-images
+of the checkpoint's training data, post-processing float, and writes model.int8.xml (+ .bin);
+--accuracy-control keeps the most harmful layers float until the mAP drop on the gate images is
+within --max-map-drop. It then reports which layers the CPU plugin runs in INT8 and gates the mAP
+drop against the fp32 deploy graph (exit 1 when it exceeds --max-map-drop).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
 
 from .cli import add_verify_args, check_reference_arg, fail, load_source
+from .int8 import add_int8_args, check_int8_args
 
 def onnx_meta(onnx_path: Path) -> ModelMeta:
     """The metadata of a standard-flavour ONNX file (OpenVINO cannot run plugin nodes)."""
@@ -72,10 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
     p.add_argument("--device", default="CPU", help="OpenVINO device for the parity check (default CPU)")
     add_verify_args(p, "--fp16-weights", onnx_source=True)
+    add_int8_args(p, accuracy_control=True)
     a = p.parse_args(argv)
     if a.batch is not None and a.batch < 1:
         fail("--batch must be at least 1")
     check_reference_arg(a)
+    check_int8_args(a)
+    if a.int8 and a.fp16_weights:
+        fail("--int8 and --fp16-weights exclude each other (the INT8 IR keeps its float constants fp32)")
     return a
 
 
@@ -95,6 +106,8 @@ def main(argv=None) -> int:
             onnx_path = a.onnx
             if not onnx_path.is_file():
                 fail(f"{onnx_path}: no such file")
+        if a.int8:
+            return main_int8(a, onnx_path, Path(tmp), model, batch)
         t0 = time.perf_counter()
         try:
             xml = convert(onnx_path, a.out, a.fp16_weights, batch)
@@ -110,6 +123,37 @@ def main(argv=None) -> int:
     if a.no_verify:
         return 0
     return 0 if verify_ir(xml, a, model) else 1
+
+
+def main_int8(a: argparse.Namespace, onnx_path: Path, tmp: Path, model=None, batch: int | None = None) -> int:
+    """--int8: the fp32 IR (uncompressed, in `tmp`) -> NNCF -> model.int8.xml, INT8 layers reported, gated."""
+    import onnx
+
+    from .calibration import CalibrationError, calibration_set
+    from .int8 import QuantizationError, check_artifact, gate_spec
+    from .openvino_int8 import AccuracyControl, quantize_ir
+    from .verify import pick_reference, sample_images
+
+    meta = onnx_meta(onnx_path)
+    out = a.out if str(a.out).endswith(".xml") else a.out / "model.int8.xml"
+    try:
+        calib = calibration_set(meta, a.calib_images, a.calib_data)
+        fp32 = convert(onnx_path, tmp / "fp32" / "model.xml", fp16_weights=False, batch=batch)
+        accuracy = None
+        if a.accuracy_control:
+            images, gt, ids, source = sample_images(meta, a.gate_images, gate_spec(meta, a.calib_data))
+            if gt is None:
+                fail(f"--accuracy-control needs validation images with ground truth; {source} has none")
+            print(f"accuracy control: mAP on {source}, budget {a.max_map_drop}")
+            accuracy = AccuracyControl(images, gt, ids, a.max_map_drop)
+        t0 = time.perf_counter()
+        xml = quantize_ir(fp32, out, calib, onnx.load(str(onnx_path)), accuracy)
+    except (CalibrationError, QuantizationError, ValueError) as e:
+        fail(first_line(e))
+    size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
+    print(f"wrote {xml} + .bin ({size:.1f} MiB, INT8) in {time.perf_counter() - t0:.1f}s")
+    reference = None if a.no_verify else pick_reference(model, meta, onnx_path, a.reference_checkpoint)
+    return check_artifact(xml, a, reference, meta, a.device)
 
 
 def verify_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:

@@ -12,16 +12,18 @@ from runtimes.parity import ParityReport, Thresholds, compare
 from .cli import fail, load_source, thresholds_from
 
 
-def sample_images(meta: ModelMeta, n: int):
-    """(images, gt, image_ids, source): the checkpoint's validation images when its dataset can be
-    read here, else synthetic `shapes` images without ground truth for this model's classes."""
+def sample_images(meta: ModelMeta, n: int, spec: str | None = None):
+    """(images, gt, image_ids, source): the checkpoint's validation images (or those of dataset
+    `spec`) when the dataset can be read here, else synthetic `shapes` images without ground
+    truth for this model's classes."""
     from trainer.data import build_datasets
     from trainer.data.shapes import render
 
-    spec = meta.provenance.get("dataset")
+    val_spec = None if spec else meta.provenance.get("val_dataset")
+    spec = spec or meta.provenance.get("dataset")
     if spec:
         try:
-            val = build_datasets(spec, meta.provenance.get("val_dataset"))[1]
+            val = build_datasets(spec, val_spec)[1]
             idx = range(min(n, len(val)))
             samples = [val.load(i) for i in idx]
             gt = val.coco_dict()
@@ -37,8 +39,8 @@ def run_images(detector: Detector, images: list[np.ndarray], desc: str):
 
 
 def verify(test: Detector, reference: Detector, meta: ModelMeta, images: int = 16,
-           thresholds: Thresholds = Thresholds()) -> ParityReport:
-    imgs, gt, ids, source = sample_images(meta, images)
+           thresholds: Thresholds = Thresholds(), spec: str | None = None) -> ParityReport:
+    imgs, gt, ids, source = sample_images(meta, images, spec)
     print(f"parity: {test.runtime} vs {reference.runtime} on {source}")
     ref = run_images(reference, imgs, f"{reference.runtime}")
     tst = run_images(test, imgs, f"{test.runtime}")
