@@ -82,11 +82,23 @@ def quantized_operations(model, network: list[str]) -> list[str]:
     return found
 
 
+def import_nncf():
+    """nncf, imported without the "No CUDA runtime is found" line torch's cpp_extension logs when
+    nncf probes the installed frameworks."""
+    probe = logging.getLogger("torch.utils.cpp_extension")
+    level = probe.level
+    probe.setLevel(logging.ERROR)
+    try:
+        import nncf
+    finally:
+        probe.setLevel(level)
+    return nncf
+
+
 @contextlib.contextmanager
 def _nncf_quiet():
     """NNCF logs every operation it does not quantize (hundreds of lines): warnings and errors only."""
-    import nncf
-
+    nncf = import_nncf()
     logger = logging.getLogger("nncf")
     level = logger.level
     nncf.set_log_level(logging.WARNING)
@@ -133,11 +145,11 @@ def quantize_ir(fp32_xml: Path, out_xml: Path, calib: CalibrationSet, onnx_model
                 accuracy: AccuracyControl | None = None) -> Path:
     """The INT8 IR of the fp32 IR at `fp32_xml` (converted from `onnx_model`, an onnx.ModelProto,
     whose node scopes tell the networks from the post-processing), written to `out_xml`."""
-    import nncf
     import openvino as ov
 
     from runtimes.openvino import read_meta
 
+    nncf = import_nncf()
     model = ov.Core().read_model(str(fp32_xml))
     meta = read_meta(model, fp32_xml)
     inside, ignored = network_operations(model, onnx_model)
