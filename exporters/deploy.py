@@ -96,7 +96,8 @@ class DeployFasterRCNN(nn.Module):
     # ------------------------------------------------------------------ stages
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W], as torchvision's transform computes it."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32).div(255)
+        # cast first: TensorRT's ONNX parser allows uint8 only as a network input feeding a Cast
+        x = images.to(torch.float32).permute(0, 3, 1, 2).div(255)
         x = (x - self.mean) / self.std
         return x.half() if self.fp16 else x
 

@@ -63,6 +63,7 @@ def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor
             opset_version=opset, dynamic_shapes=dynamic, verbose=False)
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    read_shapes_after_cast(proto.graph)
     meta = replace(meta, export=dict(meta.export, format="onnx", flavor=flavor, batch=batch, opset=opset,
                                      precision="mixed-fp16" if half else "fp32"))
     del proto.metadata_props[:]
@@ -75,6 +76,21 @@ def export_onnx(model, meta: ModelMeta, out: Path, batch: int | None = 1, flavor
     # full_check adds shape inference, which cannot see through plugin nodes
     onnx.checker.check_model(str(out), full_check=flavor == "onnx")
     return out
+
+
+def read_shapes_after_cast(graph) -> None:
+    """TensorRT's parser lets the uint8 `images` input feed only a Cast, but torch's exporter reads a
+    dynamic batch size with Shape(images). A Cast keeps the shape, so those Shape nodes read the
+    Cast's output instead, and the Cast moves to the front of the graph."""
+    cast = next((n for n in graph.node if n.op_type == "Cast" and list(n.input) == ["images"]), None)
+    readers = [n for n in graph.node if n.op_type == "Shape" and list(n.input) == ["images"]]
+    if cast is None or not readers:
+        return
+    for node in readers:
+        node.input[0] = cast.output[0]
+    nodes = [cast, *(n for n in graph.node if n is not cast)]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def default_out(checkpoint: str, flavor: str, int8: bool = False) -> Path:

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from plugins import NMS_PLUGIN, PLUGIN_DOMAIN, ROI_ALIGN_PLUGIN
+from plugins import NMS_PLUGIN, PLUGIN_DOMAIN, PLUGIN_FIELDS, ROI_ALIGN_PLUGIN
 
 
 @torch.library.custom_op("frcnn::batched_nms", mutates_args=())
@@ -136,8 +136,9 @@ def onnx_multilevel_roi_align(rois, features, pooled_size: int, sampling_ratio: 
     out_shape = op.Concat(op.Shape(flat, end=1), channels, op.Constant(value_ints=[pooled_size, pooled_size]), axis=0)
     result = op.Expand(op.CastLike(op.Constant(value_float=0.0), features[0]), out_shape)
     for level, (feat, scale) in enumerate(zip(features, spatial_scales)):
-        idx = op.Reshape(op.NonZero(op.Equal(k, op.Constant(value_float=float(first_level + level)))),
-                         op.Constant(value_ints=[-1]))
+        # NonZero of a float mask: TensorRT's support matrix lists NonZero for FP32/FP16 inputs only
+        at_level = op.Cast(op.Equal(k, op.Constant(value_float=float(first_level + level))), to=1)
+        idx = op.Reshape(op.NonZero(at_level), op.Constant(value_ints=[-1]))
         # RoiAlign wants one type for features and RoIs: pool in fp32 (a no-op cast for fp32
         # features) so that fp16 graphs keep RoI coordinates exact, then cast back
         pooled = op.RoiAlign(
@@ -159,13 +160,16 @@ def _register_plugin_schemas() -> None:
     if defs.has(NMS_PLUGIN, PLUGIN_DOMAIN):
         return
     P, A = defs.OpSchema.FormalParameter, defs.OpSchema.Attribute
-    T = defs.OpSchema.AttrType
+
+    def attributes(plugin: str):  # the fields the plugin's creator declares, with their ONNX types
+        return [A(name, getattr(defs.OpSchema.AttrType, kind)) for name, kind in PLUGIN_FIELDS[plugin].items()]
+
     variadic = defs.OpSchema.FormalParameterOption.Variadic
     defs.register_schema(defs.OpSchema(
         NMS_PLUGIN, PLUGIN_DOMAIN, 1, "Class-aware batched NMS with fixed-size output.",
         inputs=[P("boxes", "tensor(float)"), P("scores", "tensor(float)"), P("classes", "tensor(int32)")],
         outputs=[P("count", "tensor(int32)"), P("indices", "tensor(int32)")],
-        attributes=[A("iou_threshold", T.FLOAT), A("score_threshold", T.FLOAT), A("max_output_boxes", T.INT)]))
+        attributes=attributes(NMS_PLUGIN)))
     defs.register_schema(defs.OpSchema(
         ROI_ALIGN_PLUGIN, PLUGIN_DOMAIN, 1, "torchvision MultiScaleRoIAlign over FPN levels.",
         # one variadic input (rois, *features): torch's exporter hands a variadic parameter
@@ -173,9 +177,7 @@ def _register_plugin_schemas() -> None:
         inputs=[P("rois_and_features", "T", param_option=variadic, is_homogeneous=False)],
         outputs=[P("pooled", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "feature type")],
-        attributes=[A("pooled_size", T.INT), A("sampling_ratio", T.INT), A("aligned", T.INT),
-                    A("spatial_scales", T.FLOATS), A("canonical_scale", T.FLOAT), A("canonical_level", T.INT),
-                    A("first_level", T.INT)]))
+        attributes=attributes(ROI_ALIGN_PLUGIN)))
 
 
 def _plugin_opset():

@@ -24,7 +24,10 @@ Output: the engine plus model.engine.json beside it (the checkpoint's metadata w
 plugins, plugin library path, TensorRT version and batch range); runtimes.load(engine) reads both.
 The engine runs only with the TensorRT version and GPU model it was built with.
 
-Exit codes: 0 built (and parity OK), 1 build or parity check failed, 2 bad arguments or input,
+Before parsing, the ONNX is held against TensorRT's published parser rules (python -m exporters.trt_check):
+a graph that breaks one stops here with one line naming the node and the rule.
+
+Exit codes: 0 built (and parity OK), 1 not TensorRT-ready, build or parity check failed, 2 bad arguments or input,
 3 TensorRT, pycuda, a CUDA GPU or the plugin library is missing.
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, imp
                                make_logger, sidecar_path, version_tuple)
 
 from .cli import add_verify_args, check_reference_arg, fail, load_source
+from .trt_check import ensure_ready
 
 MISSING = 3  # exit code: something to install or build is missing
 FLAVOR = {"custom": "trt", "builtin": "onnx"}  # --plugins -> the ONNX flavour it builds from
@@ -254,10 +258,13 @@ def attach_timing_cache(config, path: Path | None):
 
 def build_engine(onnx_path, out, meta: ModelMeta, plan: Precision, profile: tuple[int, int, int],
                  plugins: str = "custom", plugin_library=None, workspace_gib: float | None = None,
-                 timing_cache=None, verbose: bool = False) -> Path:
-    """ONNX -> serialized engine at `out` + its metadata sidecar. Returns `out`."""
+                 timing_cache=None, verbose: bool = False, check: bool = True) -> Path:
+    """ONNX -> serialized engine at `out` + its metadata sidecar. Returns `out`. check: hold the ONNX
+    against the parser's published rules first (exporters.trt_check; NotReadyError names node and rule)."""
     trt = import_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out)
+    if check:
+        ensure_ready(onnx_path)
     logger = make_logger(trt, "info" if verbose else "warning")
     library = find_plugin_library(plugin_library) if plugins == "custom" else None
     load_plugins(trt, logger, plugins, library)
@@ -310,7 +317,7 @@ def build_from_checkpoint(model, meta: ModelMeta, out, fp16: bool = False, batch
 
 def export_and_build(model, meta: ModelMeta, out, plan: Precision, profile: tuple[int, int, int],
                      plugins: str = "custom", plugin_library=None, workspace_gib: float | None = None,
-                     timing_cache=None, verbose: bool = False, log=print) -> Path:
+                     timing_cache=None, verbose: bool = False, log=print, check: bool = True) -> Path:
     """build_from_checkpoint once the plan, the profile and the plugin library are known."""
     low, _, high = profile
     fixed = low if low == high else None
@@ -322,7 +329,7 @@ def export_and_build(model, meta: ModelMeta, out, plan: Precision, profile: tupl
         export_for_tensorrt(model, meta, onnx_path, plan, plugins, fixed)
         log(f"exported in {time.perf_counter() - t0:.1f}s")
         return build_engine(onnx_path, out, read_onnx_meta(onnx_path), plan, profile, plugins, plugin_library,
-                            workspace_gib, timing_cache, verbose)
+                            workspace_gib, timing_cache, verbose, check)
 
 
 # ------------------------------------------------------------------ command line
@@ -361,6 +368,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "$FRCNN_TRT_PLUGINS or plugins/build/)")
     p.add_argument("--strongly-typed", action="store_true", help="TensorRT 10: build fp16 from the mixed-precision "
                    "ONNX, as on TensorRT 11 (default there: BuilderFlag.FP16 on the fp32 graph)")
+    p.add_argument("--no-readiness-check", dest="check", action="store_false",
+                   help="skip the TensorRT-readiness check before parsing (python -m exporters.trt_check; it holds "
+                        "the graph against onnx-tensorrt 10.1's published rules, which a newer parser may relax)")
     p.add_argument("--verbose", action="store_true", help="print TensorRT's info messages")
     add_verify_args(p, "--fp16", onnx_source=True)
     return p.parse_args(argv)
@@ -407,10 +417,10 @@ def main(argv=None) -> int:
         if a.checkpoint:
             model, meta = load_source(a.checkpoint)
             export_and_build(model, meta, a.out, plan, profile, plugins, library, a.workspace, a.timing_cache,
-                             a.verbose)
+                             a.verbose, check=a.check)
         else:
             build_engine(a.onnx, a.out, onnx_meta, plan, profile, plugins, library, a.workspace, a.timing_cache,
-                         a.verbose)
+                         a.verbose, check=a.check)
     except ModelLoadError as e:
         fail(str(e), MISSING)
     except (EngineBuildError, ValueError) as e:

@@ -52,7 +52,7 @@ def _inputs(args, dtype):
     return features, rois, boxes, scores, classes
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m plugins.bench_kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=1)
@@ -67,16 +67,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: no CUDA GPU: the kernel benchmark needs one", file=sys.stderr)
-        return 1
-    from plugins import build, cuda_kernels  # noqa: E402  (builds with nvcc)
-    try:
-        cuda_kernels.load_library()
-    except build.BuildError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return parser
+
+
+def time_kernels(args) -> list[dict]:
+    """Both plugins' kernels and torchvision's ops on the inputs `args` describe (make_parser's options);
+    needs a CUDA GPU and the kernel library (cuda_kernels.load_library)."""
+    from plugins import cuda_kernels
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     features, rois, boxes, scores, classes = _inputs(args, dtype)
@@ -99,6 +96,21 @@ def main(argv=None) -> int:
               args.warmup, args.iters, "FrcnnBatchedNMS"),
         _time(torchvision_nms, args.warmup, args.iters, "torchvision batched_nms (per image)"),
     ]
+    return results
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: no CUDA GPU: the kernel benchmark needs one", file=sys.stderr)
+        return 1
+    from plugins import build, cuda_kernels  # noqa: E402  (builds with nvcc)
+    try:
+        cuda_kernels.load_library()
+    except build.BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    results = time_kernels(args)
     device = torch.cuda.get_device_name()
     print(f"{device}, batch {args.batch}, {args.dtype} features {args.channels}x{args.canvas}, "
           f"{args.rois} RoIs, {args.boxes} NMS boxes / {args.classes} classes")

@@ -1,7 +1,8 @@
 """Build the plugin libraries into plugins/build/.
 
   python -m plugins.build            TensorRT plugin library libfrcnn_trt_plugins.so
-                                     (needs nvcc and the TensorRT 10/11 headers)
+                                     (needs nvcc and the TensorRT 10/11 headers; --tensorrt-include DIR
+                                     picks a header folder, --werror makes warnings errors)
   python -m plugins.build --host     host reference library libfrcnn_host.so (needs g++ only)
   python -m plugins.build --kernels  CUDA kernels with a C launcher, libfrcnn_kernels.so, for the
                                      GPU tests and plugins/bench_kernels.py (needs nvcc only)
@@ -31,6 +32,8 @@ HOST_SOURCES = ["host_reference.cpp"]
 KERNEL_SOURCES = ["kernels.cu"]
 LAUNCHER_SOURCES = ["cuda_launcher.cu"]
 PLUGIN_SOURCES = ["plugin_common.cpp", "roi_align_plugin.cpp", "nms_plugin.cpp", "registration.cpp"]
+DRIVER_SOURCE = "plugin_driver.cpp"  # host-only driver of the plugin library (tests/test_plugin_library.py)
+WARNINGS = ["-Xcompiler", "-Wall,-Wextra"]  # our sources; the TensorRT headers come in as -isystem
 
 
 class BuildError(RuntimeError):
@@ -88,6 +91,12 @@ def _run(command: list[str]) -> None:
     result = subprocess.run([str(part) for part in command], capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"{Path(command[0]).name} failed:\n{result.stderr[-4000:] or result.stdout[-4000:]}")
+    if result.stderr.strip():  # warnings: show them, a clean build prints nothing
+        print(result.stderr.strip(), file=sys.stderr)
+
+
+def warning_flags(werror: bool) -> list[str]:
+    return WARNINGS + (["-Xcompiler", "-Werror", "-Werror", "all-warnings"] if werror else [])
 
 
 def _is_stale(library: Path, sources: list[str]) -> bool:
@@ -100,8 +109,8 @@ def _is_stale(library: Path, sources: list[str]) -> bool:
 def _link_atomically(library: Path, link) -> Path:
     """link(path) writes the library at path; it appears at `library` only once complete, so a
     concurrent process never loads a half-written file."""
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=BUILD_DIR) as scratch:
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         partial = Path(scratch) / library.name
         link(partial)
         os.replace(partial, library)
@@ -150,9 +159,22 @@ def build_kernel_library(archs: str = DEFAULT_ARCHS, force: bool = True) -> Path
     return _build_cuda_library(KERNEL_LIBRARY, KERNEL_SOURCES + LAUNCHER_SOURCES, archs, [], force)
 
 
-def build_plugin_library(archs: str = DEFAULT_ARCHS) -> Path:
-    include = find_tensorrt_include()
-    return _build_cuda_library(PLUGIN_LIBRARY, KERNEL_SOURCES + PLUGIN_SOURCES, archs, ["-isystem", str(include)])
+def build_plugin_library(archs: str = DEFAULT_ARCHS, include: Path | None = None, out: Path = PLUGIN_LIBRARY,
+                         werror: bool = False) -> Path:
+    """The TensorRT plugin library at `out`, against the headers in `include` (default: find_tensorrt_include)."""
+    include = Path(include) if include else find_tensorrt_include()
+    if not (include / "NvInferRuntime.h").is_file():
+        raise BuildError(f"{include}: no NvInferRuntime.h there (give the include/ folder of TensorRT 10 or 11)")
+    return _build_cuda_library(Path(out), KERNEL_SOURCES + PLUGIN_SOURCES, archs,
+                               ["-isystem", str(include), *warning_flags(werror)])
+
+
+def build_plugin_driver(include: Path, out: Path, werror: bool = True) -> Path:
+    """plugin_driver: dlopens a plugin library and runs its creators and plugins' build-time methods as TensorRT
+    would (host code only, against the headers in `include`; no libnvinfer, no GPU)."""
+    return _link_atomically(Path(out), lambda path: _run(
+        [find_nvcc(), "-std=c++17", "-O1", "-isystem", include, *warning_flags(werror), "-o", path,
+         SOURCE_DIR / DRIVER_SOURCE, "-ldl"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default=os.environ.get("FRCNN_CUDA_ARCHS", DEFAULT_ARCHS),
                         help="CUDA architectures, e.g. '80;90' or 'native' (default: $FRCNN_CUDA_ARCHS or "
                              f"{DEFAULT_ARCHS})")
+    parser.add_argument("--tensorrt-include", type=Path, metavar="DIR",
+                        help="TensorRT's include/ folder (default: $TENSORRT_ROOT/include, then the usual places)")
+    parser.add_argument("--werror", action="store_true", help="treat compiler warnings as errors")
     args = parser.parse_args(argv)
     try:
         if args.host:
@@ -171,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.kernels:
             library = build_kernel_library(args.arch)
         else:
-            library = build_plugin_library(args.arch)
+            library = build_plugin_library(args.arch, args.tensorrt_include, werror=args.werror)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

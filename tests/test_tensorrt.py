@@ -23,8 +23,10 @@ from runtimes import tensorrt as trt_runtime
 from runtimes.base import ModelLoadError
 from runtimes.tensorrt import device_index, find_plugin_library, read_sidecar, sidecar_path
 
+from tests.trt_standins import facts, install
+
 ROOT = Path(__file__).resolve().parents[1]
-TRT11, TRT10 = "11.4.0.106", "10.8.0.43"
+TRT11, TRT10 = "11.1.0", "10.16.0"
 
 
 # ------------------------------------------------------------------ version-dependent choices
@@ -355,190 +357,19 @@ def test_onnx_input_is_checked_before_tensorrt(mixed_custom, tmp_path, capsys, m
     assert e.value.code == 3 and "TensorRT is not installed" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ the adapter's own bookkeeping
-class _Memory:
-    """'Device' memory of the doubles below: allocations are host arrays keyed by address."""
-
-    def __init__(self):
-        self.blocks: dict[int, np.ndarray] = {}
-
-    def alloc(self, nbytes: int):
-        address = 4096 * (len(self.blocks) + 1)
-        self.blocks[address] = np.zeros(nbytes, np.uint8)
-        return type("Allocation", (), {"__int__": lambda self: address})()
-
-    def write(self, address: int, array: np.ndarray) -> None:
-        self.blocks[int(address)][: array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-    def read(self, address: int, dtype, shape) -> np.ndarray:
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return self.blocks[int(address)][:n].view(dtype).reshape(shape)
+# ------------------------------------------------------------------ against stand-ins held to the real bindings
+# tests/trt_standins.py: a tensorrt module per version with only the names its bindings have; pycuda free-written.
+STANDIN_VERSIONS = ("10.16", "11.1")
 
 
-def _doubles(onnx_path, memory: _Memory, loaded: list, calls: list, profile=(1, 2, 4)):
-    """Stand-ins for pycuda.driver and tensorrt with the calls exporters.trt and runtimes.tensorrt
-    make (names as in the TensorRT 10/11 Python API); the 'engine' is the ONNX, run by ONNX Runtime
-    on 'device' memory. They check our side only: the builder settings each precision plan makes,
-    the files written, the adapter's buffer bookkeeping (sizes, addresses, batch changes, chunking,
-    context push/pop). Whether TensorRT accepts the graph is for the GPU tests below."""
-    import types
-
-    import onnxruntime as ort
-
-    meta = trt_export.read_onnx_meta(onnx_path)
-    (h, w), k = meta.canvas, meta.detections_per_img
-    sessions = []  # made on the first inference: the builder tests need none
-    dtypes = dict(images=np.uint8, num_detections=np.int32, boxes=np.float32, scores=np.float32, labels=np.int32)
-
-    class Context:
-        def __init__(self):
-            self.batch, self.addresses = None, {}
-
-        def set_input_shape(self, name, shape):
-            assert name == "images" and tuple(shape[1:]) == (h, w, 3)
-            self.batch = shape[0]
-            return profile[0] <= shape[0] <= profile[2]
-
-        def get_tensor_shape(self, name):
-            n = self.batch
-            return dict(images=(n, h, w, 3), num_detections=(n,), boxes=(n, k, 4), scores=(n, k), labels=(n, k))[name]
-
-        def set_tensor_address(self, name, address):
-            self.addresses[name] = address
-
-        def execute_async_v3(self, stream_handle):
-            assert stream_handle == 7
-            images = memory.read(self.addresses["images"], np.uint8, self.get_tensor_shape("images"))
-            names = ["num_detections", "boxes", "scores", "labels"]
-            if not sessions:
-                sessions.append(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
-            for name, value in zip(names, sessions[0].run(names, {"images": images})):
-                assert value.shape == self.get_tensor_shape(name)
-                memory.write(self.addresses[name], value.astype(dtypes[name]))
-            return True
-
-    class Engine:
-        num_io_tensors = 5
-
-        def get_tensor_name(self, i):
-            return list(dtypes)[i]
-
-        def get_tensor_mode(self, name):
-            return "input" if name == "images" else "output"
-
-        get_tensor_dtype = staticmethod(lambda name: dtypes[name])
-        get_tensor_shape = staticmethod(lambda name: (-1, h, w, 3))
-        get_tensor_profile_shape = staticmethod(lambda name, index: [(n, h, w, 3) for n in profile])
-        create_execution_context = staticmethod(Context)
-
-    class Logger:
-        Severity = types.SimpleNamespace(ERROR=1, WARNING=2, INFO=3)
-
-        def __init__(self):
-            pass
-
-    class PrimaryContext:
-        depth, detached = 0, False
-
-        def push(self):
-            PrimaryContext.depth += 1
-
-        def pop(self):
-            PrimaryContext.depth -= 1
-
-        def detach(self):
-            PrimaryContext.detached = True
-
-    class Network:
-        num_inputs = 1
-
-        def __init__(self, flags):
-            self.flags, self.parsed = flags, None
-
-        def get_input(self, index):
-            return types.SimpleNamespace(name="images", shape=(-1, h, w, 3))
-
-    class Config:
-        def __init__(self):
-            self.set_flags, self.cleared, self.pools, self.profiles, self.cache = set(), set(), {}, [], None
-
-        set_flag = lambda self, flag: self.set_flags.add(flag)
-        clear_flag = lambda self, flag: self.cleared.add(flag)
-        add_optimization_profile = lambda self, profile: self.profiles.append(profile.shapes)
-        create_timing_cache = lambda self, data: types.SimpleNamespace(serialize=lambda: b"timings:" + data)
-
-        def set_memory_pool_limit(self, pool, size):
-            self.pools[pool] = size
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Builder:
-        def __init__(self, logger):
-            calls.append(self)
-
-        create_network = lambda self, flags: Network(flags)
-        create_optimization_profile = lambda self: type("Profile", (), {
-            "set_shape": lambda profile, name, *shapes: setattr(profile, "shapes", (name, *shapes))})()
-
-        def create_builder_config(self):
-            self.config = Config()
-            return self.config
-
-        def build_serialized_network(self, network, config):
-            self.network = network
-            return Path(network.parsed).read_bytes()  # the doubles' "engine" is the ONNX itself
-
-    def parser(network, logger):
-        return types.SimpleNamespace(parse_from_file=lambda path: setattr(network, "parsed", path) or True)
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = TRT11
-    trt.ILogger = Logger
-    trt.Builder, trt.OnnxParser = Builder, parser
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32")
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    trt.nptype = lambda dtype: dtype
-    trt.init_libnvinfer_plugins = lambda logger, namespace: loaded.append("libnvinfer_plugin")
-    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=lambda path: loaded.append(path) or object())
-    trt.Runtime = lambda logger: types.SimpleNamespace(
-        deserialize_cuda_engine=lambda data: Engine() if data == Path(onnx_path).read_bytes() else None)
-    cuda = types.ModuleType("pycuda.driver")
-    cuda.Error = RuntimeError
-    cuda.init = lambda: None
-    cuda.Device = type("Device", (), {"count": staticmethod(lambda: 1), "__init__": lambda self, i: None,
-                                      "retain_primary_context": lambda self: PrimaryContext()})
-    cuda.Stream = lambda: types.SimpleNamespace(handle=7, synchronize=lambda: None)
-    cuda.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
-    cuda.mem_alloc = memory.alloc
-    cuda.memcpy_htod_async = lambda dst, src, stream: memory.write(int(dst), src)
-    cuda.memcpy_dtoh_async = lambda dst, src, stream: np.copyto(dst, memory.read(int(src), dst.dtype, dst.shape))
-    pycuda = types.ModuleType("pycuda")
-    pycuda.driver = cuda
-    return trt, pycuda, cuda, PrimaryContext
+def _flag_bit(version: str, name: str) -> int:
+    return 1 << facts(version)["enums"]["NetworkDefinitionCreationFlag"][name]
 
 
-def _install_doubles(onnx_path, monkeypatch, profile=(1, 2, 4)):
-    memory, loaded, calls = _Memory(), [], []
-    trt, pycuda, cuda, primary = _doubles(onnx_path, memory, loaded, calls, profile)
-    trt.memory, trt.loaded, trt.calls = memory, loaded, calls
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
-    monkeypatch.setattr(trt_runtime, "_loaded_libraries", {})
-    monkeypatch.delenv(trt_runtime.PLUGIN_LIBRARY_ENV, raising=False)
-    return trt, pycuda, cuda, primary
-
-
-def test_command_line_against_doubles_of_tensorrt_and_pycuda(mixed_builtin, tmp_path, monkeypatch, capsys):
-    """--onnx (mixed-fp16, standard flavour) through build, files and parity, with the builder doubles."""
-    trt, *_ = _install_doubles(mixed_builtin, monkeypatch)
+@pytest.mark.parametrize("version", STANDIN_VERSIONS)
+def test_command_line_against_the_stand_ins(mixed_builtin, tmp_path, monkeypatch, capsys, version):
+    """--onnx (mixed-fp16, standard flavour) through check, build, files and parity."""
+    trt, _ = install(monkeypatch, version, mixed_builtin)
     engine, cache = tmp_path / "model.engine", tmp_path / "timing.cache"
     cache.write_bytes(b"old")
     argv = ["--onnx", str(mixed_builtin), "--out", str(engine), "--max-batch", "4", "--opt-batch", "2",
@@ -546,27 +377,31 @@ def test_command_line_against_doubles_of_tensorrt_and_pycuda(mixed_builtin, tmp_
     assert trt_export.main(argv) == 0
     out = capsys.readouterr().out
     assert "fp16 engine (strongly typed), plugins builtin, batch 1..4 (opt 2)" in out and "parity OK" in out
-    (builder,) = trt.calls
-    config = builder.config
-    assert builder.network.flags == 1 << 1  # STRONGLY_TYPED: the mixed-precision ONNX keeps its types
-    assert config.set_flags == set() and config.cleared == set()  # no FP16 flag; TF32 only matters for fp32
-    assert config.pools == {"WORKSPACE": int(1.5 * 2**30)}
+    (builder,) = trt._builders
+    config = builder._config
+    # STRONGLY_TYPED: the mixed-precision ONNX keeps its types (the flag is bit 1 on 10.16, bit 0 on 11.1)
+    assert builder._network._flags == _flag_bit(version, "STRONGLY_TYPED")
+    assert config._set == set() and config._cleared == set()  # no FP16 flag; TF32 only matters for fp32
+    assert config._pools == {"WORKSPACE": int(1.5 * 2**30)}
     h, w = trt_export.read_onnx_meta(mixed_builtin).canvas
-    assert config.profiles == [("images", (1, h, w, 3), (2, h, w, 3), (4, h, w, 3))]
+    assert config._profiles == [("images", (1, h, w, 3), (2, h, w, 3), (4, h, w, 3))]
     assert cache.read_bytes() == b"timings:old" and engine.read_bytes() == mixed_builtin.read_bytes()
-    assert trt.loaded == ["libnvinfer_plugin", "libnvinfer_plugin"]  # builtin: TensorRT's plugins, not ours
+    assert trt._parsed == [str(mixed_builtin)]
+    assert trt._loaded == ["libnvinfer_plugin", "libnvinfer_plugin"]  # builtin: TensorRT's plugins, not ours
     export = read_sidecar(engine).export
     assert (export["precision"], export["typing"], export["plugins"], export["plugin_library"], export["batch"],
             export["batch_range"], export["tensorrt"], export["onnx_precision"], export["source"]) == \
-        ("fp16", "strong", "builtin", None, None, [1, 2, 4], TRT11, "mixed-fp16", "model.onnx")
+        ("fp16", "strong", "builtin", None, None, [1, 2, 4], trt.__version__, "mixed-fp16", "model.onnx")
 
 
-def test_checkpoint_command_line_against_doubles(mixed_builtin, tiny_run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("version, half_onnx", [("10.16", False), ("11.1", True)])
+def test_checkpoint_command_line_against_the_stand_ins(mixed_builtin, tiny_run, tmp_path, monkeypatch, capsys,
+                                                      version, half_onnx):
     """--checkpoint: the export the installed TensorRT needs, the build, parity against PyTorch. The
     export is the fixture's (the same call build_from_checkpoint makes, already done once)."""
     import shutil
 
-    trt, *_ = _install_doubles(mixed_builtin, monkeypatch)
+    install(monkeypatch, version, mixed_builtin)
     exports = []
 
     def export(model, meta, onnx_path, plan, plugins, batch):
@@ -579,37 +414,65 @@ def test_checkpoint_command_line_against_doubles(mixed_builtin, tiny_run, tmp_pa
             "--parity-images", "4"]
     assert trt_export.main(argv) == 0
     out = capsys.readouterr().out
-    assert exports == [(True, "builtin", None)]  # TensorRT 11 fp16: the mixed-precision ONNX, dynamic batch
+    # fp16: TensorRT 11 builds the mixed-precision ONNX; 10 the fp32 one with BuilderFlag.FP16; dynamic batch
+    assert exports == [(half_onnx, "builtin", None)]
     assert "parity reference: the PyTorch deploy graph" in out and "parity OK" in out
     assert read_sidecar(engine).export["batch_range"] == [1, 4, 4]
 
 
-@pytest.mark.parametrize("version, fp16, flags, set_flags, cleared", [
-    (TRT10, True, 0, {"FP16"}, set()),  # TensorRT 10: weak typing, the FP16 flag
-    (TRT10, False, 0, set(), {"TF32"}),  # fp32 means fp32: TF32 off
-    (TRT11, False, 1 << 1, set(), {"TF32"}),
+@pytest.mark.parametrize("version, fp16, flag, set_flags, cleared", [
+    ("10.16", True, None, {"FP16"}, set()),  # TensorRT 10: weak typing, the FP16 flag
+    ("10.16", False, None, set(), {"TF32"}),  # fp32 means fp32: TF32 off
+    ("11.1", False, "STRONGLY_TYPED", set(), {"TF32"}),
+    ("11.1", True, "STRONGLY_TYPED", set(), set()),
 ])
-def test_builder_settings_per_version(mixed_builtin, monkeypatch, version, fp16, flags, set_flags, cleared):
-    trt, *_ = _install_doubles(mixed_builtin, monkeypatch)
-    plan = precision_plan(version, fp16)
+def test_builder_settings_per_version(mixed_builtin, monkeypatch, version, fp16, flag, set_flags, cleared):
+    trt, _ = install(monkeypatch, version, mixed_builtin)
+    plan = precision_plan(trt.__version__, fp16)
     builder = trt.Builder(None)
     network, _ = trt_export.parse_onnx(trt, builder, None, mixed_builtin, plan.strongly_typed)
     config = trt_export.builder_config(trt, builder, network, plan, (3, 3, 3))
-    assert network.flags == flags and config.set_flags == set_flags and config.cleared == cleared
-    assert config.pools == {} and config.profiles[0][1][0] == 3
+    assert network._flags == (_flag_bit(version, flag) if flag else 0)
+    assert config._set == set_flags and config._cleared == cleared
+    assert config._pools == {} and config._profiles[0][1][0] == 3
 
 
-def test_adapter_buffers_against_doubles_of_tensorrt_and_pycuda(mixed_builtin, tmp_path, monkeypatch):
+def test_a_name_the_version_lacks_fails(mixed_builtin, monkeypatch):
+    """The stand-ins have only the real bindings' names: TensorRT 11.1 has no BuilderFlag.FP16, so the weakly
+    typed fp16 recipe of TensorRT 10 fails on its 11.1 stand-in as it would on TensorRT 11 itself."""
+    from exporters.trt import Precision
+
+    from tests.trt_standins import NotInBindings, strict_class, strict_module
+
+    trt, _ = install(monkeypatch, "11.1", mixed_builtin)
+    assert not hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "TF32")
+    builder = trt.Builder(None)
+    network, _ = trt_export.parse_onnx(trt, builder, None, mixed_builtin, False)
+    with pytest.raises(AttributeError, match="FP16"):
+        trt_export.builder_config(trt, builder, network, Precision("fp16", strongly_typed=False), (1, 1, 1))
+    trt10, _ = install(monkeypatch, "10.16", mixed_builtin)
+    assert int(trt10.BuilderFlag.FP16) == facts("10.16")["enums"]["BuilderFlag"]["FP16"]
+    # and a stand-in cannot add what the bindings lack: a member, an instance attribute, a module function
+    with pytest.raises(NotInBindings, match="platform_has_fast_fp16"):
+        strict_class("11.1", "Builder", type("Builder", (), {"platform_has_fast_fp16": True}))
+    with pytest.raises(NotInBindings, match="num_bindings"):
+        trt.ICudaEngine().num_bindings = 5
+    with pytest.raises(NotInBindings, match="tensorrt.volume_of"):
+        strict_module("11.1", "11.1.0", volume_of=len)
+
+
+@pytest.mark.parametrize("version", STANDIN_VERSIONS)
+def test_adapter_buffers_against_the_stand_ins(mixed_builtin, tmp_path, monkeypatch, version):
     onnx_path = mixed_builtin
     engine, library = tmp_path / "model.engine", tmp_path / "libfrcnn_trt_plugins.so"
-    engine.write_bytes(onnx_path.read_bytes())  # the doubles' "serialized engine" is the ONNX itself
+    engine.write_bytes(onnx_path.read_bytes())  # the stand-ins' "serialized engine" is the ONNX itself
     library.write_bytes(b"")
     meta = trt_export.read_onnx_meta(onnx_path)
     meta.export = dict(format="tensorrt", precision="fp16", plugins="custom", plugin_library=str(library),
                        batch=None, batch_range=[1, 2, 4])
     trt_export.write_sidecar(engine, meta)
-    trt, pycuda, cuda, primary = _install_doubles(onnx_path, monkeypatch)
-    memory, loaded = trt.memory, trt.loaded
+    trt, primary = install(monkeypatch, version, onnx_path)
+    memory, loaded = trt._memory, trt._loaded
 
     det = runtimes.load(engine)
     assert loaded == ["libnvinfer_plugin", str(library.resolve())]  # the recorded library, before deserializing
@@ -623,7 +486,7 @@ def test_adapter_buffers_against_doubles_of_tensorrt_and_pycuda(mixed_builtin, t
     for n in (3, 1, 6, 2):  # grow, shrink (reuse), beyond the profile (chunks of 4 + 2), shrink again
         out = det.infer(canvas[:n])
         for name, value in expected.items():
-            # the doubles run ONNX Runtime, whose float results may differ in the last bits between batch sizes
+            # the stand-ins run ONNX Runtime, whose float results may differ in the last bits between batch sizes
             np.testing.assert_allclose(out[name], value[:n], rtol=1e-5, atol=1e-3, err_msg=f"{name} at batch {n}")
         assert out["labels"].dtype == np.int32 and out["boxes"].dtype == np.float32
     assert det._capacity == 4 and len(memory.blocks) == 10  # allocated for 3, then once more for 4
@@ -635,7 +498,7 @@ def test_adapter_buffers_against_doubles_of_tensorrt_and_pycuda(mixed_builtin, t
 
 def test_a_one_value_profile_is_a_fixed_batch(mixed_builtin, tmp_path, monkeypatch):
     """--batch 2 on a dynamic-batch ONNX: the engine's profile is 2..2, and the detector pads to it."""
-    _install_doubles(mixed_builtin, monkeypatch, profile=(2, 2, 2))
+    install(monkeypatch, "11.1", mixed_builtin, profile=(2, 2, 2))
     engine = tmp_path / "model.engine"
     engine.write_bytes(mixed_builtin.read_bytes())
     meta = trt_export.read_onnx_meta(mixed_builtin)

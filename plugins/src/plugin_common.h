@@ -24,9 +24,12 @@ extern nvinfer1::ILoggerFinder* logger_finder;
 // to stderr before that.
 void report_error(std::string const& message) noexcept;
 
-// Attribute values by name. TensorRT's ONNX parser converts node attributes to the types the
-// creator declares in getFieldNames(); int64/double are accepted too, for callers that build
-// a PluginFieldCollection by hand.
+// Attribute values by name. TensorRT's ONNX parser does not convert node attributes to the types
+// the creator declares in getFieldNames(): it passes each declared field the node has, typed by
+// the attribute's ONNX type (INT -> kINT32, FLOAT and FLOATS -> kFLOAT32, STRING -> kCHAR;
+// onnx-tensorrt loadFields). So the exporter writes every attribute with the ONNX type whose
+// field type is read here (plugins.PLUGIN_FIELDS), and the readiness check holds nodes to it.
+// int64/double are accepted too, for callers that build a PluginFieldCollection by hand.
 class FieldReader {
 public:
     FieldReader(nvinfer1::PluginFieldCollection const* fields, std::string plugin);
