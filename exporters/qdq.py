@@ -2,7 +2,7 @@
 
     calibration = calibrate(fp32_onnx, calib, work)                    # once, on the standard graph
     quantize_onnx(calibration, out)                                    # ONNX Runtime: u8 activations
-    quantize_onnx(calibration, out_trt, "trt", trt_fp32_onnx)          # TensorRT: s8, zero point 0
+    quantize_onnx(calibration, out_trt, "tensorrt", trt_fp32_onnx)     # TensorRT: s8, zero point 0
     export_int8(model, meta, out, calib, batch, flavor)                # all of it from a checkpoint
 
 The standard fp32 graph goes through onnxruntime's `quant_pre_process` (shape inference, basic
@@ -12,15 +12,16 @@ format, weights int8 per output channel (symmetric), and only the Conv/Gemm/MatM
 networks (exporters.int8.network_nodes). By default quantize_static would also wrap TopK,
 Gather, Where and Slice of the post-processing; those stay float here.
 
-The flavour follows the runtime, the ranges are the same:
-- "onnx" (ONNX Runtime): uint8 asymmetric activations, int8 weights (U8S8). Measured on this
+The Q/DQ follows the runtime, the ranges are the same:
+- "onnxruntime": uint8 asymmetric activations, int8 weights (U8S8). Measured on this
   CPU, int8 activations (S8S8) ran slower than fp32 (tiny 7.4 vs 5.4 ms) and U8S8 faster
   (4.4 ms): MLAS's VNNI kernels multiply u8 by s8. Conv outputs are quantized too, so each
   DQ -> Conv -> Q group fuses into QLinearConv; Gemm outputs stay float (QGemm has a float
   output). The RPN's objectness/box-delta convolutions stay float: their 8-bit outputs would
   feed the RPN's top-k (exporters.int8.output_convolutions). `session.x64quantprecision` is
   never set: it selects slower non-VNNI kernels.
-- "trt" (TensorRT explicit quantization, TensorRT 10 and 11 strongly typed): int8 symmetric
+- "tensorrt" (explicit quantization, TensorRT 10 and 11 strongly typed; on the plugin flavour or,
+  for TensorRT's builtin plugins, the standard graph): int8 symmetric
   activations (zero point 0); Q/DQ on the inputs of the weighted layers only, TensorRT's own
   placement rule (it fuses bias, BN and ReLU and picks output precisions itself); bias left
   float (TensorRT's DequantizeLinear takes int8, not int32). ONNX Runtime cannot calibrate the
@@ -38,12 +39,13 @@ from pathlib import Path
 import onnx
 
 from runtimes.base import first_line
+from plugins import PLUGIN_DOMAIN
 from runtimes.meta import META_KEY, read_onnx_meta
 
 from .calibration import CalibrationSet
 from .int8 import QUANTIZED_OPS, QuantizationError, network_nodes, output_convolutions, quantizable, record
 
-FLAVORS = ("onnx", "trt")
+QDQ = ("onnxruntime", "tensorrt")  # whose Q/DQ rules the graph follows
 
 
 @contextlib.contextmanager
@@ -118,26 +120,26 @@ def calibrate(standard: Path, calib: CalibrationSet, work: Path) -> Calibration:
     return Calibration(Path(standard), pre, cache, calib)
 
 
-def quantize_onnx(calibration: Calibration, out: Path, flavor: str = "onnx", trt_onnx: Path | None = None) -> Path:
-    """Write the INT8 Q/DQ graph at `out` from `calibration`'s ranges: of the standard graph
-    (flavor "onnx"), or of `trt_onnx`, the TensorRT-flavoured fp32 export of the same model
-    (flavor "trt"). The metadata records precision int8, the calibration set and what stayed float."""
+def quantize_onnx(calibration: Calibration, out: Path, qdq: str = "onnxruntime", source: Path | None = None) -> Path:
+    """Write the INT8 Q/DQ graph at `out` from `calibration`'s ranges, in the Q/DQ of `qdq`
+    ("onnxruntime" or "tensorrt"). `source`: the fp32 graph to quantize, an export of the same
+    model (the TensorRT-flavoured one, for TensorRT's plugins); default the calibrated standard
+    graph. The metadata records precision int8, the calibration set and what stayed float."""
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if flavor not in FLAVORS:
-        raise ValueError(f"unknown flavor {flavor!r}; use {' or '.join(FLAVORS)}")
-    if (flavor == "trt") != (trt_onnx is not None):
-        raise ValueError("the trt flavour quantizes trt_onnx, and only it")
-    fp32 = Path(trt_onnx) if flavor == "trt" else calibration.standard
-    out = Path(out)
+    if qdq not in QDQ:
+        raise ValueError(f"unknown Q/DQ {qdq!r}; use {' or '.join(QDQ)}")
+    if qdq == "onnxruntime" and source is not None:
+        raise ValueError("the ONNX Runtime Q/DQ quantizes the calibrated standard graph")
+    fp32, out = Path(source or calibration.standard), Path(out)
     model = onnx.load(str(fp32))
     network = network_nodes(model)
     nodes = quantizable(network)
     if not nodes:
         raise QuantizationError(f"{fp32}: no convolution or fully-connected layer in the networks to quantize")
     kept = []
-    if flavor == "onnx":
+    if qdq == "onnxruntime":
         source = calibration.pre
         kept = output_convolutions(model, network)
         nodes = [n for n in nodes if n not in kept]
@@ -167,10 +169,10 @@ def quantize_onnx(calibration: Calibration, out: Path, flavor: str = "onnx", trt
                dict(layers=len(nodes), ops=sorted({network[n] for n in nodes})),
                float_layers=dict(layers=len(kept), why="RPN output convolutions: an 8-bit output costs mAP") if kept
                else None,
-               activations="uint8 asymmetric per tensor" if flavor == "onnx" else "int8 symmetric per tensor, zero point 0",
-               weights="int8 symmetric per output channel",
-               placement="inputs and outputs of Conv (Gemm: inputs)" if flavor == "onnx" else "inputs of Conv/Gemm",
-               bias="int32" if flavor == "onnx" else "float")
+               qdq=qdq, weights="int8 symmetric per output channel",
+               activations="uint8 asymmetric per tensor" if qdq == "onnxruntime" else "int8 symmetric per tensor, zero point 0",
+               placement="inputs and outputs of Conv (Gemm: inputs)" if qdq == "onnxruntime" else "inputs of Conv/Gemm",
+               bias="int32" if qdq == "onnxruntime" else "float")
     meta.export = dict(meta.export, precision="int8", quantization=q)
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, {META_KEY: meta.to_json()})
@@ -178,22 +180,24 @@ def quantize_onnx(calibration: Calibration, out: Path, flavor: str = "onnx", trt
 
     quantized.ir_version = min(quantized.ir_version, MAX_IR_VERSION)
     onnx.save(quantized, str(out))
-    onnx.checker.check_model(str(out), full_check=flavor == "onnx")
+    plugins = any(n.domain == PLUGIN_DOMAIN for n in quantized.graph.node)
+    onnx.checker.check_model(str(out), full_check=not plugins)  # shape inference cannot see through plugin nodes
     return out
 
 
 def export_int8(model, meta, out: Path, calib: CalibrationSet, batch: int | None = 1, flavor: str = "onnx",
-                opset: int = 18) -> Path:
+                opset: int = 18, qdq: str | None = None) -> Path:
     """Checkpoint model -> INT8 Q/DQ ONNX at `out` (batch None = dynamic): the standard fp32 graph
-    is exported and calibrated in a temporary folder, then quantized in `flavor` (TensorRT:
-    its own fp32 export, with the standard graph's ranges)."""
+    is exported and calibrated in a temporary folder, then the `flavor` graph ("onnx" or "trt")
+    is quantized in the Q/DQ of `qdq` (default: "tensorrt" for the trt flavour, else "onnxruntime")."""
     import tempfile
 
     from .onnx import export_onnx
 
+    qdq = qdq or ("tensorrt" if flavor == "trt" else "onnxruntime")
     with tempfile.TemporaryDirectory(prefix="frcnn-int8-") as tmp:
         tmp = Path(tmp)
         standard = export_onnx(model, meta, tmp / "model.onnx", batch, "onnx", opset)
         calibration = calibrate(standard, calib, tmp)
-        trt_onnx = export_onnx(model, meta, tmp / "model.trt.onnx", batch, "trt", opset) if flavor == "trt" else None
-        return quantize_onnx(calibration, out, flavor, trt_onnx)
+        source = export_onnx(model, meta, tmp / "model.trt.onnx", batch, "trt", opset) if flavor == "trt" else None
+        return quantize_onnx(calibration, out, qdq, source if qdq == "tensorrt" else None)

@@ -57,7 +57,8 @@ def onnx_int8(source, calib, tmp_path_factory):
     calibration = calibrate(fp32, calib, root / "work")
     trt_fp32 = export_onnx(model, meta, root / "model.trt.onnx", flavor="trt")
     return dict(fp32=fp32, trt_fp32=trt_fp32, int8=quantize_onnx(calibration, root / "model.int8.onnx"),
-                trt=quantize_onnx(calibration, root / "model.trt.int8.onnx", "trt", trt_fp32),
+                trt=quantize_onnx(calibration, root / "model.trt.int8.onnx", "tensorrt", trt_fp32),
+                builtin=quantize_onnx(calibration, root / "model.builtin.int8.onnx", "tensorrt"),
                 cache=calibration.cache)
 
 
@@ -360,6 +361,12 @@ def test_exporter_commands_write_gated_int8_artifacts(run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "29 of 39 convolution/fully-connected layers execute in INT8 (the artifact quantizes 29)" in r.stdout
     assert "INT8 gate OK" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "exporters.onnx", "--checkpoint", str(run), "--int8", "--flavor", "trt",
+                        "--out", str(tmp_path / "m.trt.int8.onnx"), *common], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0 and "INT8 gate OK" in r.stdout, r.stderr[-2000:]
+    assert subprocess.run([sys.executable, "-m", "exporters.trt_check", str(tmp_path / "m.trt.int8.onnx")],
+                          capture_output=True, timeout=120).returncode == 0
     r = subprocess.run([sys.executable, "-m", "exporters.openvino", "--checkpoint", str(run), "--int8",
                         "--accuracy-control", "--out", str(tmp_path / "ov"), *common], capture_output=True, text=True,
                        env=env, timeout=600)
@@ -370,3 +377,110 @@ def test_exporter_commands_write_gated_int8_artifacts(run, tmp_path):
     assert det.path.name == "model.int8.xml"
     q = det.meta.export["quantization"]
     assert q["accuracy_control"] == dict(max_drop=0.01, images=4) and q["ignored_operations"] > 100
+
+
+# ------------------------------------------------------------------ TensorRT: readiness and the build
+def _qdq_graph(scale=(0.1,), zero=(0,), zero_type=onnx.TensorProto.INT8, weight=False, axis=None, scale_input=False):
+    """x -> QuantizeLinear -> DequantizeLinear -> y, with the given scale and zero point (x a weight when `weight`)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])
+    inits = [numpy_helper.from_array(np.asarray(zero, onnx.helper.tensor_dtype_to_np_dtype(zero_type)), "z")]
+    if not scale_input:
+        inits.append(numpy_helper.from_array(np.asarray(scale, np.float32).reshape(-1 if len(scale) > 1 else ()), "s"))
+    if weight:
+        inits.append(numpy_helper.from_array(np.ones((4, 3), np.float32), "x"))
+    attrs = {} if axis is None else {"axis": axis}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q", **attrs),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq", **attrs)]
+    inputs = [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])] if scale_input else []
+    graph = helper.make_graph(nodes, "g", ([] if weight else [x]) + inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def test_readiness_check_holds_qdq_to_tensorrts_rules():
+    from exporters.trt_check import problems
+
+    def rules(model):
+        return {(p.op, p.rule) for p in problems(model)}
+
+    assert problems(_qdq_graph()) == []  # per-tensor, symmetric: what TensorRT builds
+    assert problems(_qdq_graph((0.1, 0.2, 0.3, 0.4), (0, 0, 0, 0), weight=True, axis=0)) == []  # per-channel weight
+    cases = {
+        "not all zeros": _qdq_graph(zero=(3,)),  # asymmetric
+        "strictly positive": _qdq_graph(scale=(-0.1,)),
+        "build-time constant": _qdq_graph(scale_input=True),
+        "per-tensor only": _qdq_graph((0.1, 0.2, 0.3, 0.4), (0, 0, 0, 0), axis=0),  # per-channel activations
+        "4 scales for axis 1": _qdq_graph((0.1, 0.2, 0.3, 0.4), (0, 0, 0, 0), weight=True, axis=1),
+        "has 1 values, scale 4": _qdq_graph((0.1, 0.2, 0.3, 0.4), (0,), weight=True, axis=0),
+    }
+    for words, model in cases.items():
+        found = [str(p) for p in problems(model) if p.rule == "Q/DQ"]
+        assert found and any(words in f for f in found), (words, found)
+    # uint8 activations (ONNX Runtime's Q/DQ) break the parser's uint8 rule and the DequantizeLinear types
+    u8 = rules(_qdq_graph(zero=(0,), zero_type=onnx.TensorProto.UINT8))
+    assert ("QuantizeLinear", "uint8") in u8 and ("DequantizeLinear", "input types") in u8
+
+
+def test_tensorrt_qdq_graphs_are_tensorrt_ready(onnx_int8):
+    from exporters.trt_check import problems
+
+    for key in ("trt", "builtin"):
+        assert problems(onnx.load(str(onnx_int8[key]))) == [], key
+    # the ONNX Runtime flavour is not: uint8 activations, int32 biases, asymmetric zero points
+    rules = {(p.op, p.rule) for p in problems(onnx.load(str(onnx_int8["int8"])))}
+    assert {("QuantizeLinear", "uint8"), ("QuantizeLinear", "Q/DQ"), ("DequantizeLinear", "input types")} <= rules
+
+
+def test_tensorrt_int8_plan_is_strongly_typed_on_both_versions():
+    from exporters.trt import precision_plan
+
+    for version in ("10.16.0", "11.1.0"):
+        plan = precision_plan(version, fp16=False, int8=True)
+        assert (plan.precision, plan.strongly_typed, plan.fp16_flag, plan.half_onnx) == ("int8", True, False, False)
+        assert precision_plan(version, fp16=False, onnx_precision="int8") == plan
+        with pytest.raises(ValueError, match="exclude each other"):
+            precision_plan(version, fp16=True, int8=True)
+        with pytest.raises(ValueError, match="mixed-fp16"):
+            precision_plan(version, fp16=False, onnx_precision="mixed-fp16", int8=True)
+
+
+@pytest.mark.parametrize("version", ["10.16", "11.1"])
+def test_tensorrt_int8_build_against_the_stand_ins(onnx_int8, run, tmp_path, monkeypatch, capsys, version):
+    """--checkpoint --int8 --plugins builtin: the TensorRT Q/DQ export, the readiness check, a strongly
+    typed build without precision flags, the sidecar, then the mAP gate against PyTorch. The stand-ins'
+    engine is the ONNX itself, run by ONNX Runtime (tests/trt_standins.py)."""
+    import shutil
+
+    from exporters import trt as trt_export
+    from runtimes.tensorrt import read_sidecar
+
+    from tests.trt_standins import facts, install
+
+    built = onnx_int8["builtin"]
+    trt, _ = install(monkeypatch, version, built)
+    exports = []
+
+    def export(model, meta, onnx_path, plan, plugins, batch, calib=None):
+        exports.append((plan.precision, plugins, batch, len(calib)))
+        return shutil.copy(built, onnx_path)  # the export the fixture made from the same calibration
+
+    monkeypatch.setattr(trt_export, "export_for_tensorrt", export)
+    engine = tmp_path / "model.engine"
+    argv = ["--checkpoint", str(run), "--out", str(engine), "--int8", "--plugins", "builtin", "--calib-images", "8",
+            "--gate-images", "4"]
+    assert trt_export.main(argv) == 0
+    out = capsys.readouterr().out
+    assert exports == [("int8", "builtin", 1, 8)]
+    (builder,) = trt._builders
+    flags = facts(version)["enums"]["NetworkDefinitionCreationFlag"]
+    assert builder._network._flags == 1 << flags["STRONGLY_TYPED"]
+    assert builder._config._set == set() and builder._config._cleared == {"TF32"}  # no INT8/FP16 flag: strongly typed
+    export_meta = read_sidecar(engine).export
+    assert (export_meta["precision"], export_meta["typing"], export_meta["onnx_precision"]) == ("int8", "strong", "int8")
+    assert export_meta["quantization"]["qdq"] == "tensorrt"
+    assert "INT8 gate OK" in out and "parity reference: the PyTorch deploy graph" in out
+    with pytest.raises(SystemExit) as e:  # an fp32 ONNX is not something --int8 can build
+        trt_export.main(["--onnx", str(onnx_int8["fp32"]), "--out", str(engine), "--int8", "--no-verify"])
+    assert e.value.code == 2 and "quantize it with python -m exporters.onnx --int8" in capsys.readouterr().err
