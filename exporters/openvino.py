@@ -55,8 +55,10 @@ def convert(onnx_path, out, fp16_weights: bool = False, batch: int | None = None
                              f"--dynamic-batch or --batch {batch}, or convert from --checkpoint")
         model.reshape({"images": [batch, h, w, 3]})
         have = None if batch == -1 else batch
-    meta.export = dict(meta.export, format="openvino", precision="fp16-weights" if fp16_weights else "fp32",
-                       batch=have, source=onnx_path.name, openvino=ov.get_version())
+    # a Q/DQ ONNX (exporters.onnx --int8) becomes FakeQuantize: the IR stays INT8, with its quantization record
+    precision = "int8" if meta.export.get("precision") == "int8" else "fp16-weights" if fp16_weights else "fp32"
+    meta.export = dict(meta.export, format="openvino", precision=precision, batch=have, source=onnx_path.name,
+                       openvino=ov.get_version())
     model.set_rt_info(meta.to_json(), META_KEY)
     xml = Path(out) if str(out).endswith(".xml") else Path(out) / "model.xml"
     xml.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,7 @@ def main(argv=None) -> int:
                 fail(f"{onnx_path}: no such file")
         if a.int8:
             return main_int8(a, onnx_path, Path(tmp), model, batch)
+        source = onnx_meta(onnx_path)
         t0 = time.perf_counter()
         try:
             xml = convert(onnx_path, a.out, a.fp16_weights, batch)
@@ -118,8 +121,15 @@ def main(argv=None) -> int:
 
             fail(f"OpenVINO cannot convert {onnx_path.name}: {ov_message(e)}")
     size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
-    print(f"wrote {xml} + .bin ({size:.1f} MiB, {'fp16' if a.fp16_weights else 'fp32'} weights) "
-          f"in {time.perf_counter() - t0:.1f}s")
+    kind = "INT8 from Q/DQ" if source.export.get("precision") == "int8" else \
+        f"{'fp16' if a.fp16_weights else 'fp32'} weights"
+    print(f"wrote {xml} + .bin ({size:.1f} MiB, {kind}) in {time.perf_counter() - t0:.1f}s")
+    if source.export.get("precision") == "int8":  # the Q/DQ route (--onnx model.int8.onnx): gated as INT8
+        from .int8 import check_artifact
+        from .verify import pick_reference
+
+        reference = None if a.no_verify else pick_reference(None, None, onnx_path, a.reference_checkpoint)
+        return check_artifact(xml, a, reference, source, a.device)
     if a.no_verify:
         return 0
     return 0 if verify_ir(xml, a, model) else 1

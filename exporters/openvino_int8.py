@@ -36,8 +36,9 @@ from .int8 import QuantizationError, network_nodes, non_relu_activations, record
 
 SKIP_TYPES = ("Constant", "Parameter", "Result")
 WEIGHTED = ("Convolution", "GroupConvolution", "MatMul")
-# operations a FakeQuantize's 8-bit values pass through unchanged in value set (NNCF moves quantizers above them)
-PASS_THROUGH = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert", "MaxPool")
+# how NNCF stores a quantized weight: int8 constant -> Convert -> (Subtract zero point) -> Multiply scale
+DECOMPRESSION = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose")
+INT_TYPES = ("i8", "u8", "i4", "u4")
 
 
 @dataclass
@@ -68,16 +69,17 @@ def network_operations(model, onnx_model) -> tuple[list[str], list[str]]:
 
 
 def quantized_operations(model, network: list[str]) -> list[str]:
-    """The network's convolutions and MatMuls whose activation input NNCF quantized (a
-    FakeQuantize before them, through PASS_THROUGH operations at most)."""
+    """The network's convolutions and MatMuls whose weights NNCF quantized: an int8 constant
+    behind the weight's decompression (Convert, Subtract, Multiply), or a FakeQuantize on it."""
     inside, found = set(network), []
     for op in model.get_ordered_ops():
         if op.get_type_name() not in WEIGHTED or op.get_friendly_name() not in inside:
             continue
-        source = op.input(0).get_source_output().get_node()
-        while source.get_type_name() in PASS_THROUGH:
+        source = op.input(1).get_source_output().get_node()
+        while source.get_type_name() in DECOMPRESSION:
             source = source.input(0).get_source_output().get_node()
-        if source.get_type_name() == "FakeQuantize":
+        if source.get_type_name() == "FakeQuantize" or (
+                source.get_type_name() == "Constant" and source.get_output_element_type(0).get_type_name() in INT_TYPES):
             found.append(op.get_friendly_name())
     return found
 
