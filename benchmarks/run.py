@@ -4,6 +4,7 @@
     python benchmarks/run.py                                  # train/reuse the default tiny model, all runtimes
     python benchmarks/run.py --model runs/my-run --runtime onnxruntime,openvino
     python benchmarks/run.py --model random:resnet50_fpn --eval-images 0 --iters 5   # R50 speed only
+    python benchmarks/run.py --model torchvision:resnet50_fpn --data coco-val2017    # torchvision's COCO box AP
 
 With no --model, the default tiny model is trained on the built-in shapes data (or reused
 from runs/default-tiny). Each runtime gets its artifact exported from the checkpoint, then:
@@ -84,6 +85,22 @@ def random_model(arch: str, work: Path) -> Path:
                             arch_kwargs={"frozen_bn": arch != "tiny"})
         save_checkpoint(path, build_model(meta).eval(), meta)
     return path
+
+
+def pretrained_model(spec: str, work: Path) -> Path:
+    """Named weights (torchvision:ARCH, a URL: trainer.weights) as one of our checkpoints, so that
+    every row and fresh process loads plain safetensors; kept per weights file."""
+    from trainer.checkpoint import CheckpointError, load_any, save_checkpoint
+    from trainer.weights import cache_path, lookup
+
+    try:
+        path = work / cache_path(lookup(spec)[0]).stem / "model.safetensors"
+        if not path.exists():
+            model, meta = load_any(spec)
+            save_checkpoint(path, model, meta)
+    except CheckpointError as e:
+        fail(first_line(e))
+    return path.resolve()  # the fresh-process probes run elsewhere
 
 
 def newer_than(artifact: Path, checkpoint: Path) -> bool:
@@ -266,9 +283,13 @@ def tolerances(precision: str):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="run dir, checkpoint, .pth, or random:ARCH (default: the tiny shapes model)")
+    p.add_argument("--model", help="run dir, checkpoint, .pth, random:ARCH, or named weights (torchvision:resnet50_fpn, "
+                                   "_v2, mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn; a URL) "
+                                   "(default: the tiny shapes model)")
     p.add_argument("--runtime", default="all", help="torch, onnxruntime, openvino, tensorrt, a comma list, or all")
-    p.add_argument("--data", help="evaluation data (default: the checkpoint's dataset, its validation split)")
+    p.add_argument("--data", help="evaluation data, any trainer --data spec, e.g. coco-val2017[:DIR] (found under "
+                                  "DIR or $COCO_ROOT, else downloaded) (default: the checkpoint's dataset, its "
+                                  "validation split)")
     p.add_argument("--eval-images", type=int, help="images for mAP/parity (default: the whole validation split; 0: skip)")
     p.add_argument("--batch", type=int, default=1, help="batch size for export and timing (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
@@ -297,8 +318,19 @@ def main(argv=None) -> int:
     import platform
 
     out = a.out or Path("runs/bench") / f"{platform.node() or 'host'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if a.data:  # before any export: a dataset that cannot be had is one line, not a fallback
+        from trainer.data import DatasetError, validation_set
+
+        try:
+            validation_set(a.data)
+        except DatasetError as e:
+            fail(first_line(e))
+    from trainer.weights import is_named
+
     if a.model and a.model.startswith("random:"):
         checkpoint = random_model(a.model.split(":", 1)[1], Path("runs/bench-models"))
+    elif a.model and is_named(a.model):
+        checkpoint = pretrained_model(a.model, Path("runs/bench-models"))
     elif a.model:
         if not Path(a.model).exists():
             fail(f"{a.model}: no such model")

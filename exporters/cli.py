@@ -15,8 +15,15 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
+CHECKPOINT_HELP = ("run directory, .safetensors checkpoint, torchvision .pth state dict, or named weights "
+                   "(downloaded once, verified): torchvision:ARCH for its COCO weights (resnet50_fpn, "
+                   "resnet50_fpn_v2, mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn), "
+                   "torchvision:ENUM.MEMBER, or a URL")
+
+
 def load_source(checkpoint: str, arch: str | None = None, canvas: tuple[int, int] | None = None):
-    """(model, meta) from a run dir, .safetensors or torchvision .pth; one-line error otherwise."""
+    """(model, meta) from a run dir, .safetensors, torchvision .pth or named weights (see
+    trainer.weights); one-line error otherwise."""
     from trainer.checkpoint import CheckpointError, load_any
     from trainer.models import set_canvas
 

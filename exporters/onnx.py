@@ -2,6 +2,7 @@
 
     python -m exporters.onnx --checkpoint runs/shapes-tiny --out model.onnx
     python -m exporters.onnx --checkpoint fasterrcnn_resnet50_fpn.pth --dynamic-batch --flavor trt
+    python -m exporters.onnx --checkpoint torchvision:resnet50_fpn   # torchvision's COCO weights, downloaded once
 
 `--flavor onnx` (default) uses standard ONNX ops only (ONNX Runtime, OpenVINO);
 `--flavor trt` emits our plugin nodes for NMS and RoIAlign (input of exporters.trt).
@@ -30,7 +31,7 @@ from runtimes.meta import META_KEY, ModelMeta
 
 from trainer.models import parse_canvas
 
-from .cli import add_verify_args, fail, load_source, thresholds_from
+from .cli import CHECKPOINT_HELP, add_verify_args, fail, load_source, thresholds_from
 from .int8 import add_int8_args, check_int8_args
 
 MAX_IR_VERSION = 10  # onnxruntime >= 1.20 and OpenVINO read it; onnx 1.23 would write 14 by default
@@ -94,8 +95,11 @@ def read_shapes_after_cast(graph) -> None:
 
 
 def default_out(checkpoint: str, flavor: str, int8: bool = False) -> Path:
+    from trainer.weights import is_named, run_name
+
     p = Path(checkpoint)
-    base = p if p.is_dir() else p.parent
+    # named weights live in torch's hub cache: their export goes to runs/, not beside them
+    base = Path("runs") / run_name(checkpoint) if is_named(checkpoint) else p if p.is_dir() else p.parent
     return base / f"model{'.trt' if flavor == 'trt' else ''}{'.int8' if int8 else ''}.onnx"
 
 
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m exporters.onnx", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="run directory, .safetensors checkpoint, or torchvision .pth state dict")
+                   help=CHECKPOINT_HELP + "; coco with --arch")
     p.add_argument("--out", type=Path, help="output .onnx (default: model.onnx / model.trt.onnx beside the checkpoint)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")

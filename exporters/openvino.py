@@ -26,7 +26,7 @@ from pathlib import Path
 from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
 
-from .cli import add_verify_args, check_reference_arg, fail, load_source
+from .cli import CHECKPOINT_HELP, add_verify_args, check_reference_arg, fail, load_source
 from .int8 import add_int8_args, check_int8_args
 
 def onnx_meta(onnx_path: Path) -> ModelMeta:
@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", type=Path, help="standard-flavour ONNX written by python -m exporters.onnx")
-    src.add_argument("--checkpoint", help="run directory, .safetensors or torchvision .pth (exported to ONNX first)")
+    src.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (exported to ONNX first)")
     p.add_argument("--out", type=Path, required=True, help="output folder (model.xml + model.bin), or a .xml path")
     p.add_argument("--fp16-weights", action="store_true",
                    help="store weights as fp16 (half the size; looser parity defaults, see below); default fp32")
@@ -151,7 +151,7 @@ def main_int8(a: argparse.Namespace, onnx_path: Path, tmp: Path, model=None, bat
         fp32 = convert(onnx_path, tmp / "fp32" / "model.xml", fp16_weights=False, batch=batch)
         accuracy = None
         if a.accuracy_control:
-            images, gt, ids, source = sample_images(meta, a.gate_images, gate_spec(meta, a.calib_data))
+            images, gt, ids, source = sample_images(meta, a.gate_images, spec=gate_spec(meta, a.calib_data))
             if gt is None:
                 fail(f"--accuracy-control needs validation images with ground truth; {source} has none")
             print(f"accuracy control: mAP on {source}, budget {a.max_map_drop}")

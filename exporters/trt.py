@@ -55,7 +55,7 @@ from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, imp
 
 from .cli import add_verify_args, check_reference_arg, fail, load_source
 from .int8 import add_int8_args, check_int8_args
-from .trt_check import ensure_ready
+from .trt_check import NotReadyError, ensure_ready
 
 MISSING = 3  # exit code: something to install or build is missing
 FLAVOR = {"custom": "trt", "builtin": "onnx"}  # --plugins -> the ONNX flavour it builds from
@@ -421,6 +421,8 @@ def main(argv=None) -> int:
             if not a.onnx.is_file():
                 fail(f"{a.onnx}: no such file")
             onnx_meta = read_onnx_meta(a.onnx)
+            if a.check:  # the graph's own rules first: they need no TensorRT
+                ensure_ready(a.onnx)
             plugins = plugins_for(onnx_meta.export.get("flavor", "onnx"), a.plugins)
             onnx_precision = onnx_meta.export.get("precision", "fp32")
             if a.int8 and onnx_precision != "int8":
@@ -430,6 +432,8 @@ def main(argv=None) -> int:
         else:
             plugins = a.plugins or "custom"
             profile = checkpoint_profile(a.batch, a.max_batch, a.opt_batch)
+    except NotReadyError as e:
+        fail(str(e), 1)
     except ValueError as e:
         fail(first_line(e))
     try:
@@ -463,7 +467,7 @@ def main(argv=None) -> int:
                              a.verbose, check=a.check, calib=calib)
         else:
             build_engine(a.onnx, a.out, onnx_meta, plan, profile, plugins, library, a.workspace, a.timing_cache,
-                         a.verbose, check=a.check)
+                         a.verbose, check=False)  # checked above
     except ModelLoadError as e:
         fail(str(e), MISSING)
     except (EngineBuildError, ValueError) as e:

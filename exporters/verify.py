@@ -12,18 +12,19 @@ from runtimes.parity import ParityReport, Thresholds, compare
 from .cli import fail, load_source, thresholds_from
 
 
-def sample_images(meta: ModelMeta, n: int, spec: str | None = None):
+def sample_images(meta: ModelMeta, n: int, download: bool = False, spec: str | None = None):
     """(images, gt, image_ids, source): the checkpoint's validation images (or those of dataset
     `spec`) when the dataset can be read here, else synthetic `shapes` images without ground
-    truth for this model's classes."""
-    from trainer.data import build_datasets
+    truth for this model's classes. A dataset known by name (coco-val2017) is downloaded only
+    when `download`."""
+    from trainer.data import validation_set
     from trainer.data.shapes import render
 
     val_spec = None if spec else meta.provenance.get("val_dataset")
     spec = spec or meta.provenance.get("dataset")
     if spec:
         try:
-            val = build_datasets(spec, val_spec)[1]
+            val = validation_set(spec, val_spec, download)
             idx = range(min(n, len(val)))
             samples = [val.load(i) for i in idx]
             gt = val.coco_dict()
@@ -40,7 +41,7 @@ def run_images(detector: Detector, images: list[np.ndarray], desc: str):
 
 def verify(test: Detector, reference: Detector, meta: ModelMeta, images: int = 16,
            thresholds: Thresholds = Thresholds(), spec: str | None = None) -> ParityReport:
-    imgs, gt, ids, source = sample_images(meta, images, spec)
+    imgs, gt, ids, source = sample_images(meta, images, spec=spec)
     print(f"parity: {test.runtime} vs {reference.runtime} on {source}")
     ref = run_images(reference, imgs, f"{reference.runtime}")
     tst = run_images(test, imgs, f"{test.runtime}")

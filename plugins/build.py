@@ -33,6 +33,7 @@ KERNEL_SOURCES = ["kernels.cu"]
 LAUNCHER_SOURCES = ["cuda_launcher.cu"]
 PLUGIN_SOURCES = ["plugin_common.cpp", "roi_align_plugin.cpp", "nms_plugin.cpp", "registration.cpp"]
 DRIVER_SOURCE = "plugin_driver.cpp"  # host-only driver of the plugin library (tests/test_plugin_library.py)
+REGISTRY_PROBE_SOURCE = "registry_probe.cpp"  # a libnvinfer stand-in with only a recording plugin registry
 WARNINGS = ["-Xcompiler", "-Wall,-Wextra"]  # our sources; the TensorRT headers come in as -isystem
 
 
@@ -150,7 +151,7 @@ def _build_cuda_library(library: Path, sources: list[str], archs: str, extra_fla
             cuda = name.endswith(".cu")
             _run([nvcc, *flags, *(arch_flags(archs) if cuda else []), "-c", "-o", obj, SOURCE_DIR / name])
             objects.append(obj)
-        _link_atomically(library, lambda out: _run([nvcc, "-shared", *arch_flags(archs), "-o", out, *objects]))
+        _link_atomically(library, lambda out: _run([nvcc, "-shared", *arch_flags(archs), "-o", out, *objects, "-ldl"]))
     stamp.write_text(archs)
     return library
 
@@ -175,6 +176,14 @@ def build_plugin_driver(include: Path, out: Path, werror: bool = True) -> Path:
     return _link_atomically(Path(out), lambda path: _run(
         [find_nvcc(), "-std=c++17", "-O1", "-isystem", include, *warning_flags(werror), "-o", path,
          SOURCE_DIR / DRIVER_SOURCE, "-ldl"]))
+
+
+def build_registry_probe(include: Path, out: Path, werror: bool = True) -> Path:
+    """A stand-in libnvinfer.so.<major> (name it so) whose getPluginRegistry records registrations, for the
+    test of the plugin library's registration at load time (FRCNN_TRT_REGISTER_ON_LOAD=1)."""
+    return _link_atomically(Path(out), lambda path: _run(
+        [find_nvcc(), "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-isystem", include,
+         *warning_flags(werror), "-o", path, SOURCE_DIR / REGISTRY_PROBE_SOURCE]))
 
 
 def main(argv: list[str] | None = None) -> int:

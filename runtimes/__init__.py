@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Detections, Detector, ModelLoadError, first_line
+from .base import Detections, Detector, ModelLoadError, first_line, is_dir, is_file
 from .image import ImageError
 from .meta import ModelMeta
 
@@ -63,11 +63,11 @@ def runtime_for(path) -> str:
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
-    if suffix == ".xml" or (p.is_dir() and any(p.glob("*.xml")) and not (p / "model.safetensors").exists()):
+    if suffix == ".xml" or (is_dir(p) and any(p.glob("*.xml")) and not is_file(p / "model.safetensors")):
         return "openvino"
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
-    if p.is_dir() or suffix in (".safetensors", ".json", ".pth", ".pt"):
+    if is_dir(p) or suffix in (".safetensors", ".json", ".pth", ".pt"):
         return "torch"
     raise ModelLoadError(f"{path}: unknown model type (expected a run dir, .safetensors, .pth, .onnx, .xml or .engine)")
 
@@ -75,7 +75,7 @@ def runtime_for(path) -> str:
 def load(path, device: str = "cpu", runtime: str | None = None, **options) -> Detector:
     """Load any artifact as a Detector. `runtime` overrides the choice made from the file name
     ("torchvision" runs a checkpoint through torchvision's own eager forward)."""
-    if not Path(path).exists():
+    if not (is_file(path) or is_dir(path)):
         raise ModelLoadError(f"{path}: no such file or directory")
     runtime = runtime or runtime_for(path)
     if runtime in ("torch", "torchvision"):

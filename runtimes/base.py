@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import Letterbox, boxes_to_image, letterbox, to_rgb_uint8
+from .errors import OneLineError
+from .image import ImageError, Letterbox, boxes_to_image, letterbox, to_rgb_uint8
 from .meta import ModelMeta
 
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
@@ -24,13 +25,59 @@ def pad_batch(canvas: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([canvas, np.zeros((size - len(canvas), *canvas.shape[1:]), canvas.dtype)])
 
 
+def is_file(path) -> bool:
+    """Path.is_file, but False, not an exception, for a name the OS refuses (too long, a NUL byte)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def is_dir(path) -> bool:
+    """Path.is_dir, but False, not an exception, for a name the OS refuses (too long, a NUL byte)."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name when empty), for one-line errors."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-class ModelLoadError(RuntimeError):
-    """An artifact that cannot be loaded; the message is one line naming the file."""
+def image_list(images) -> list:
+    """A batch given to a detector as a list: a [B, H, W, C] array or any iterable of images."""
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4:
+            raise ImageError(f"expected an image (HxW, HxWx3 or HxWx4) or a batch [B, H, W, C] of them, "
+                             f"got an array of shape {images.shape}")
+        return list(images)
+    if isinstance(images, (str, bytes)):
+        raise ImageError(f"expected an image array or a list of them, got {type(images).__name__} "
+                         "(decode image files first, e.g. with cv2.imread)")
+    try:
+        return list(images)
+    except TypeError:
+        raise ImageError(f"expected an image array or a list of them, got {type(images).__name__}") from None
+
+
+def check_threshold(threshold) -> float | None:
+    """The least score to keep, as a float in [0, 1], or None."""
+    if threshold is None:
+        return None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ImageError(f"threshold must be a number in [0, 1] or None, got {threshold!r}") from None
+    if not 0 <= value <= 1:  # NaN too
+        raise ImageError(f"threshold must be a number in [0, 1] or None, got {threshold!r}")
+    return value
+
+
+class ModelLoadError(OneLineError, RuntimeError):
+    """An artifact that cannot be loaded (or, loaded, that its runtime cannot run); the message
+    is one line naming the file."""
 
 
 @dataclass
@@ -82,7 +129,7 @@ class Detector:
     def postprocess(self, out: dict[str, np.ndarray], boxes: list[Letterbox], threshold: float | None) -> list[Detections]:
         result = []
         for i, lb in enumerate(boxes):
-            n = int(out["num_detections"][i])
+            n = min(max(int(out["num_detections"][i]), 0), out["scores"].shape[1])  # a damaged model may count past K
             scores = out["scores"][i, :n].astype(np.float32)
             boxes = boxes_to_image(out["boxes"][i, :n], lb)
             # a box wholly in the letterbox padding has no area left in the image: drop it
@@ -103,7 +150,8 @@ class Detector:
         raises runtimes.image.ImageError with one clear line.
         """
         single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
-        batch = [images] if single else list(images)
+        batch = [images] if single else image_list(images)
+        threshold = check_threshold(threshold)
         if not batch:
             return []
         canvas, boxes = self.prepare(batch)

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .errors import OneLineError
 
-class ImageError(ValueError):
-    """An input image that cannot be turned into an RGB uint8 picture."""
+
+class ImageError(OneLineError, ValueError):
+    """An input to a detector call that cannot be used: an image that cannot be turned into an
+    RGB uint8 picture, or a threshold that is not a number."""
 
 
 def to_rgb_uint8(image) -> np.ndarray:
@@ -23,6 +26,9 @@ def to_rgb_uint8(image) -> np.ndarray:
     """
     if not isinstance(image, np.ndarray):
         raise ImageError(f"expected a numpy array, got {type(image).__name__}")
+    image = np.asarray(image)  # subclasses (np.matrix, masked arrays) as plain arrays
+    if not image.dtype.isnative:  # big-endian data, e.g. from a FITS or TIFF reader
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.size == 0:
         raise ImageError(f"empty image array (shape {image.shape})")
     if image.ndim == 3 and image.shape[2] == 1:

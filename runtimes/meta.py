@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 FORMAT = "frcnn-deploy/1"
@@ -56,6 +57,10 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
+        """Metadata from its JSON form; ValueError, one line, for anything it cannot describe (every
+        field is checked here, so an edited or corrupt file fails at load, not mid-inference)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"metadata must be a JSON object, got {type(d).__name__}")
         fmt = d.get("format", FORMAT)
         if not str(fmt).startswith("frcnn-deploy/"):
             raise ValueError(f"not frcnn-deploy metadata (format={fmt!r})")
@@ -64,15 +69,71 @@ class ModelMeta:
         if missing:
             raise ValueError(f"metadata lacks {sorted(missing)}")
         kw = {k: v for k, v in d.items() if k in known}
-        kw["canvas"] = tuple(int(v) for v in kw["canvas"])
-        for k in ("image_mean", "image_std"):
-            if k in kw:
-                kw[k] = tuple(float(v) for v in kw[k])
+        for k, v in kw.items():
+            kw[k] = _checked(k, v, len(d["class_names"]) if isinstance(d["class_names"], list) else 0)
         return cls(**kw)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelMeta":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except RecursionError:  # nesting deeper than the parser's stack
+            raise ValueError("metadata JSON nested too deeply") from None
+        return cls.from_dict(d)
+
+
+MAX_CANVAS_SIDE = 16384  # px; a canvas batch is allocated as B x H x W x 3 bytes
+MAX_TOP_N = 100_000  # proposals or detections per image: outputs are padded to this many
+
+
+def _is_int(v) -> bool:
+    return type(v) is int  # not bool
+
+
+def is_finite_number(v) -> bool:
+    """A finite int or float from JSON (not a bool; json gives inf and nan for 1e400 and NaN, and
+    an int may be too big for any float). Exact type checks: fast over a million annotations."""
+    if type(v) is float:
+        return math.isfinite(v)
+    return type(v) is int and -1e300 < v < 1e300
+
+
+def _checked(key: str, value, num_classes: int):
+    """`value` of metadata field `key` in the type the field needs; ValueError naming the field."""
+    def bad(expected: str):
+        text = repr(value)
+        return ValueError(f"metadata {key!r} must be {expected}, got {text[:80] + '...' if len(text) > 80 else text}")
+
+    if key in ("arch", "format"):
+        if not isinstance(value, str) or not value:
+            raise bad("a non-empty string")
+    elif key == "class_names":
+        if not (isinstance(value, list) and value and all(isinstance(n, str) for n in value)):
+            raise bad("a non-empty list of names")
+    elif key == "canvas":
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(_is_int(v) and 0 < v <= MAX_CANVAS_SIDE for v in value)):
+            raise bad(f"[height, width], integers in 1..{MAX_CANVAS_SIDE}")
+        return tuple(value)
+    elif key in ("image_mean", "image_std"):
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(map(is_finite_number, value))
+                and (key == "image_mean" or all(v > 0 for v in value))):
+            raise bad("three finite numbers" + (", above 0" if key == "image_std" else ""))
+        return tuple(float(v) for v in value)
+    elif key == "category_ids":
+        if value is not None and not (isinstance(value, list) and len(value) == num_classes
+                                      and all(map(_is_int, value))):
+            raise bad("null or one integer per class name")
+    elif key in ("rpn_pre_nms_top_n", "rpn_post_nms_top_n", "detections_per_img"):
+        if not (_is_int(value) and 0 < value <= MAX_TOP_N):
+            raise bad(f"an integer in 1..{MAX_TOP_N}")
+    elif key in ("rpn_nms_thresh", "rpn_score_thresh", "box_score_thresh", "box_nms_thresh"):
+        if not (is_finite_number(value) and 0 <= value <= 1):
+            raise bad("a number in [0, 1]")
+    elif key in ("arch_kwargs", "provenance", "export"):
+        if not isinstance(value, dict):
+            raise bad("a JSON object")
+    return value
 
 
 def read_onnx_meta(source) -> ModelMeta:

@@ -8,18 +8,26 @@ Inference precision is pinned (INFERENCE_PRECISION_HINT=f32 by default): CPUs wi
 units otherwise run an fp32 IR in bf16, and parity against PyTorch would measure that
 instead of the export. Compiled models are cached (CACHE_DIR), so a second start imports
 the compiled blob instead of compiling again (on CPU compiling is short; GPUs compile kernels).
+
+Threads: one detector may be called from several threads at once. An OpenVINO infer request
+runs one inference at a time ("Infer Request is busy" otherwise), so the detector keeps a pool
+of them: a call takes a free request, or makes one when every request is in use, and puts it
+back after copying its outputs; a stream (infer_stream, detect_stream) takes an AsyncInferQueue
+from a pool the same way. The pools grow to the number of threads that ever call at once.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import queue
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .base import OUTPUT_NAMES, Detections, Detector, ModelLoadError, pad_batch
+from .base import OUTPUT_NAMES, Detections, Detector, ModelLoadError, check_threshold, is_dir, is_file, pad_batch
 from .meta import META_KEY, ModelMeta
 
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -50,16 +58,23 @@ def default_cache_dir() -> Path | None:
 def find_xml(path) -> Path:
     """The IR's .xml: `path` itself or the one .xml in a folder; its .bin must lie beside it."""
     p = Path(path)
-    if p.is_dir():
+    if is_dir(p):
         found = sorted(p.glob("*.xml"))
         if len(found) != 1:
             what = "no .xml" if not found else f"{len(found)} .xml files ({', '.join(f.name for f in found)})"
             raise ModelLoadError(f"{p}: expected one OpenVINO IR .xml in the folder, found {what}")
         p = found[0]
-    if not p.is_file():
+    if not is_file(p):
         raise ModelLoadError(f"{p}: no such model file")
-    if not p.with_suffix(".bin").is_file():
+    if not is_file(p.with_suffix(".bin")):
         raise ModelLoadError(f"{p}: its weights file {p.with_suffix('.bin').name} is missing")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
+    if b"<net" not in head:  # spares OpenVINO's other frontends (and their log lines) files that are no IR
+        raise ModelLoadError(f"{p}: not an OpenVINO IR (no <net> element at the start)")
     return p
 
 
@@ -107,6 +122,25 @@ def normalize_device(core, device: str) -> str:
     return name
 
 
+class Pool:
+    """Objects that serve one caller at a time, shared by threads: `with pool.take() as item`
+    hands out a free one, made by `make()` when none is free, and takes it back afterwards."""
+
+    def __init__(self, make):
+        self.make, self.free = make, queue.SimpleQueue()
+
+    @contextlib.contextmanager
+    def take(self):
+        try:
+            item = self.free.get_nowait()
+        except queue.Empty:
+            item = self.make()
+        try:
+            yield item
+        finally:
+            self.free.put(item)
+
+
 class OpenVINODetector(Detector):
     runtime = "openvino"
 
@@ -142,8 +176,7 @@ class OpenVINODetector(Detector):
         if set(OUTPUT_NAMES) - names or [i.get_any_name() for i in model.inputs] != ["images"]:
             raise ModelLoadError(f"{self.path}: inputs/outputs are not the deployed-model contract "
                                  f"(images -> {', '.join(OUTPUT_NAMES)})")
-        dim = model.input(0).get_partial_shape()[0]
-        self.batch = dim.get_length() if dim.is_static else None
+        self.batch = self._check_input(model)
 
         config = {"PERFORMANCE_HINT": MODES[mode]}
         if precision:
@@ -162,22 +195,49 @@ class OpenVINODetector(Detector):
                                  f"devices available here: {device_list(ov_core)})") from None
         self.outputs = {name: self.compiled.output(name) for name in OUTPUT_NAMES}
         self.requests = requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        self._request = self.compiled.create_infer_request()
-        self._queue = None  # AsyncInferQueue, made by the first infer_stream
+        self._requests = Pool(self.compiled.create_infer_request)
+        with self._requests.take():  # the first request now: a failure to make one shows at load
+            pass
+        self._queues = Pool(self._make_queue)  # AsyncInferQueues, made by the first infer_stream
+
+    def _check_input(self, model) -> int | None:
+        """The IR's fixed batch (None when dynamic), once its input is found to be uint8 [B, H, W, 3]
+        at the metadata's canvas."""
+        port = model.input(0)
+        shape = port.get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+        if port.get_element_type().get_type_name() != "u8" or len(dims) != 4 or dims[1:] != [*self.meta.canvas, 3]:
+            raise ModelLoadError(f"{self.path}: its input is {port.get_element_type().get_type_name()} {shape}, not "
+                                 f"the deployed-model contract at its metadata's canvas (u8 [B, {self.meta.canvas[0]}, "
+                                 f"{self.meta.canvas[1]}, 3])")
+        return dims[0] if dims[0] and dims[0] > 0 else None
+
+    def _make_queue(self):
+        import openvino as ov
+
+        return ov.AsyncInferQueue(self.compiled, self.requests)
 
     def infer(self, canvas: np.ndarray) -> dict[str, np.ndarray]:
-        result = self._request.infer({0: np.ascontiguousarray(canvas, np.uint8)})
-        return {name: result[port] for name, port in self.outputs.items()}
+        with self._requests.take() as request:
+            # infer() copies the outputs out of the request (share_outputs=False), so the
+            # request can serve another thread as soon as it is back in the pool
+            try:
+                result = request.infer({0: np.ascontiguousarray(canvas, np.uint8)})
+            except RuntimeError as e:  # a damaged IR can compile and still fail here
+                raise ModelLoadError(f"{self.path}: OpenVINO cannot run the model ({ov_message(e)})") from None
+            return {name: result[port] for name, port in self.outputs.items()}
 
     def infer_stream(self, canvases: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Raw outputs of a stream of canvas batches, in input order, keeping `self.requests`
-        requests in flight (OpenVINO's AsyncInferQueue): the throughput mode's way in. The queue
-        is made once and reused; one stream at a time per detector."""
-        if self._queue is None:
-            import openvino as ov
+        requests in flight (OpenVINO's AsyncInferQueue): the throughput mode's way in. Queues
+        are made once and reused; streams in several threads at once each get their own."""
+        with self._queues.take() as queue:
+            try:
+                yield from self._stream(queue, canvases)
+            finally:
+                queue.wait_all()  # a stream left early: no callback may land in the next one
 
-            self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        queue = self._queue
+    def _stream(self, queue, canvases: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         done: dict[int, dict[str, np.ndarray]] = {}
 
         def collect(request, index):  # runs on an OpenVINO thread; copies before the request is reused
@@ -197,6 +257,7 @@ class OpenVINODetector(Detector):
 
     def detect_stream(self, images: Iterable[np.ndarray], threshold: float | None = None) -> Iterator[Detections]:
         """Detections of each image of a stream, in input order (see infer_stream)."""
+        threshold = check_threshold(threshold)
         per_request = self.batch or 1
         pending: deque = deque()  # letterboxes of the batches in flight, oldest first
 

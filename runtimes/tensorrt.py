@@ -16,7 +16,11 @@ loading the library by path keeps the engine a normal one.)
 
 Device memory and a CUDA stream come from pycuda on the device's primary context (the one the
 CUDA runtime, hence TensorRT, uses). I/O buffers are allocated once and reused; they grow only
-when a bigger batch comes. Outputs land in pinned host memory. One detector serves one thread.
+when a bigger batch comes. Outputs land in pinned host memory.
+
+Threads: the detector has one execution context and one set of buffers, so a lock lets one
+inference at a time use them; calls from several threads wait their turn and get the results
+a sequential run gives (for concurrent inference on one GPU, load one detector per thread).
 
 Where TensorRT, pycuda or a GPU is missing, loading raises ModelLoadError with one line saying
 what is missing and how to install it.
@@ -25,13 +29,14 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from plugins import NMS_PLUGIN, PLUGIN_VERSION
 
-from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line
+from .base import OUTPUT_NAMES, Detector, ModelLoadError, first_line, is_file
 from .meta import ModelMeta
 
 INPUT_NAME = "images"
@@ -181,7 +186,7 @@ def sidecar_path(engine) -> Path:
 
 def read_sidecar(engine) -> ModelMeta:
     path = sidecar_path(engine)
-    if not path.is_file():
+    if not is_file(path):
         raise ModelLoadError(f"{engine}: its metadata file {path.name} is missing (build engines with "
                              "python -m exporters.trt, which writes both)")
     try:
@@ -205,7 +210,8 @@ class TensorRTDetector(Detector):
                  (default: $FRCNN_TRT_PLUGINS, the path recorded at build time, plugins/build/).
         """
         self.path = Path(path)
-        if not self.path.is_file():
+        self._lock = threading.Lock()  # one inference at a time on the context and buffers
+        if not is_file(self.path):
             raise ModelLoadError(f"{self.path}: no such engine file")
         trt, cuda = import_tensorrt(), import_cuda()
         self.meta = read_sidecar(self.path)
@@ -294,6 +300,10 @@ class TensorRTDetector(Detector):
             parts = [self.infer(canvas[i: i + self.max_batch]) for i in range(0, n, self.max_batch)]
             return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
         cuda, stream = self._cuda, self.stream
+        with self._lock:
+            return self._infer_locked(canvas, n, cuda, stream)
+
+    def _infer_locked(self, canvas: np.ndarray, n: int, cuda, stream) -> dict[str, np.ndarray]:
         self._cuda_context.push()
         try:
             self._reserve(n)
@@ -302,7 +312,7 @@ class TensorRTDetector(Detector):
             host_in[...] = canvas
             cuda.memcpy_htod_async(self._device[INPUT_NAME], host_in, stream)
             if not self.context.execute_async_v3(stream.handle):
-                raise RuntimeError(f"{self.path}: TensorRT inference failed ({self.logger.last_error()})")
+                raise ModelLoadError(f"{self.path}: TensorRT inference failed ({self.logger.last_error()})")
             out = {}
             for name in OUTPUT_NAMES:
                 out[name] = self._host[name][:n]  # outputs are [B, ...]: the first n rows are contiguous

@@ -160,5 +160,5 @@ def test_load_train_state_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no training state"):
         checkpoint.load_train_state(tmp_path)
     (tmp_path / "resume.json").write_text(json.dumps({"format": "frcnn-deploy-train/1", "tensors": "state/x"}))
-    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+    with pytest.raises(checkpoint.CheckpointError, match="state/x is missing"):
         checkpoint.load_train_state(tmp_path)

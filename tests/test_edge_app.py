@@ -1,4 +1,5 @@
-"""The edge-app example runs exported models (ONNX, OpenVINO IR) on a video with torch unimportable."""
+"""The edge-app example runs exported models (ONNX, OpenVINO IR) on a video with torch unimportable,
+and in the documented edge install itself: a fresh venv holding only numpy, OpenCV and one runtime."""
 from __future__ import annotations
 
 import os
@@ -19,18 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "runtimes" / "examples" / "edge_app.py"
 SIZE, FPS, FRAMES = (240, 240), 6.0, 8
 
-# Runs the app as `python edge_app.py ...` would, after making every import of torch or
-# torchvision fail, the way it fails on an edge device without them.
+# Runs the app as `python edge_app.py ...` would, after making every import of torch, torchvision
+# or the ONNX toolchain fail, the way it fails on an edge device without them.
 NO_TORCH = textwrap.dedent("""
     import runpy, sys
 
+    BLOCKED = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime_extensions")
+
     class NoTorch:
         def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] in ("torch", "torchvision"):
+            if name.partition(".")[0] in BLOCKED:
                 raise ImportError(f"No module named {name!r} (blocked: the edge app must not need it)")
 
     sys.meta_path.insert(0, NoTorch())
-    for name in [m for m in sys.modules if m.partition(".")[0] in ("torch", "torchvision")]:
+    for name in [m for m in sys.modules if m.partition(".")[0] in BLOCKED]:
         del sys.modules[name]
     app, sys.argv = sys.argv[1], sys.argv[1:]
     runpy.run_path(app, run_name="__main__")
@@ -114,3 +117,68 @@ def test_blocked_torch_really_fails_to_import(tmp_path):
 def test_edge_app_bad_model_is_one_line(video, tmp_path):
     r = run_app("--model", tmp_path / "missing.onnx", "--source", video, tmp_path=tmp_path)
     assert r.returncode != 0 and r.stderr.strip() == f"error: {tmp_path / 'missing.onnx'}: no such file or directory"
+
+
+# ------------------------------------------------------------------ the documented edge install, for real
+EDGE_INSTALLS = {  # what README says is enough on the device, and how the project gets there
+    "onnx": (["numpy", "opencv-python-headless", "onnxruntime"], ["--no-deps", str(REPO)]),
+    "openvino": ([], [f"{REPO}[openvino]"]),  # the extra: numpy, OpenCV, tqdm and OpenVINO, no torch
+}
+
+
+def pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=900, env=clean_env())
+
+
+def clean_env() -> dict:
+    """This environment minus what would let the venv see this checkout or these packages."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+@pytest.fixture(scope="module", params=sorted(EDGE_INSTALLS))
+def edge_venv(request, tmp_path_factory):
+    """(artifact kind, the python of a fresh venv holding exactly the documented edge install)."""
+    import venv
+
+    kind = request.param
+    packages, project = EDGE_INSTALLS[kind]
+    root = tmp_path_factory.mktemp(f"edge_venv_{kind}")
+    venv.create(root / "venv", with_pip=True, clear=True)
+    python = root / "venv" / "bin" / "python"
+    if packages:
+        r = pip(python, *packages)
+        if r.returncode != 0:  # no package index reachable: nothing of ours has been tried yet
+            pytest.skip(f"cannot install {' '.join(packages)} from the package index here: "
+                        f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    r = pip(python, *project)
+    if r.returncode != 0 and "Could not find a version" in r.stderr + r.stdout and not packages:
+        pytest.skip(f"cannot reach the package index for {kind}'s dependencies: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr
+    return kind, python
+
+
+def test_documented_edge_install_runs_the_edge_app(edge_venv, request, video, tmp_path):
+    kind, python = edge_venv
+    probe = subprocess.run([str(python), "-c", textwrap.dedent("""
+        import importlib.util, pathlib, runtimes
+        print(pathlib.Path(runtimes.__file__).parent)
+        print(*sorted(m for m in ("torch", "torchvision", "onnx", "onnxruntime", "openvino")
+                      if importlib.util.find_spec(m)))
+    """)], capture_output=True, text=True, cwd=tmp_path, env=clean_env())
+    assert probe.returncode == 0, probe.stderr
+    installed, modules = probe.stdout.splitlines()
+    assert "site-packages" in installed  # the installed copy, not this checkout
+    assert modules == ("onnxruntime" if kind == "onnx" else "openvino")  # no torch, no onnx: only the runtime
+
+    model = request.getfixturevalue("tiny_onnx_dynamic" if kind == "onnx" else "openvino_ir")
+    app = Path(installed) / "examples" / "edge_app.py"  # as installed with the package
+    out = tmp_path / "drawn.mp4"
+    env = dict(clean_env(), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    r = subprocess.run([str(python), str(app), "--model", str(model), "--source", str(video), "--out", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"done: {FRAMES} frames" in r.stdout
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == FRAMES
+    if kind == "onnx":  # the Winograd rewrite needs onnx: said once, on stderr
+        assert r.stderr.count("the onnx package is not installed") == 1, r.stderr

@@ -41,12 +41,13 @@ def built(request, tmp_path_factory):
         pytest.skip(str(e))
     out = tmp_path_factory.mktemp(f"trt-{request.param}")
     library = build_plugin_library("80", include, out / "libfrcnn_trt_plugins.so", werror=True)
-    return library, build_plugin_driver(include, out / "plugin_driver", werror=True)
+    return library, build_plugin_driver(include, out / "plugin_driver", werror=True), include
 
 
-def _driver(built, *args) -> list[str]:
-    library, driver = built
-    r = subprocess.run([str(driver), str(library), *args], capture_output=True, text=True, timeout=60)
+def _driver(built, *args, env=None) -> list[str]:
+    library, driver, _ = built
+    r = subprocess.run([str(driver), *args[:1], str(library), *args[1:]] if args[:1] == ("--on-load",) else
+                       [str(driver), str(library), *args], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout.splitlines()
 
@@ -57,7 +58,7 @@ def _lines(output, key):
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) not installed")
 def test_entry_points_are_exported_unmangled_and_nothing_comes_from_libnvinfer(built):
-    library, _ = built
+    library, _, _ = built
     defined = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
     exported = {line.split()[-1] for line in defined.splitlines() if " T " in line}
     assert {"getCreators", "setLoggerFinder"} <= exported
@@ -174,3 +175,27 @@ def test_creators_refuse_fields_of_the_wrong_type(built):
     boxes = ["--", "float:B,50,4", "float:B,50", "int32:B,50"]
     assert "create failed" in _driver(built, NMS_PLUGIN, "iou_threshold=char:0.5", *nms, *boxes)
     assert "create ok" in _driver(built, NMS_PLUGIN, "iou_threshold=f32:0.5", *nms, *boxes)
+
+
+def test_registration_at_load_time_is_opt_in(built, tmp_path):
+    """Hosts that only dlopen the library (Triton's TensorRT backend, LD_PRELOAD, trtexec --staticPlugins)
+    need it to register itself while loading; loadLibrary registers getCreators' creators itself, so that
+    is opt-in (FRCNN_TRT_REGISTER_ON_LOAD=1). Checked against a stand-in libnvinfer whose registry records
+    the calls (plugins/src/registry_probe.cpp, built against the same real headers)."""
+    import os
+
+    from plugins.build import build_registry_probe
+
+    library, _, include = built
+    major = include.parent.name.removeprefix("tensorrt-").split(".")[0]  # ../shared/third_party/tensorrt-11.1/include
+    build_registry_probe(include, tmp_path / f"libnvinfer.so.{major}")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
+    env.pop("FRCNN_TRT_REGISTER_ON_LOAD", None)
+    assert _driver(built, "--on-load", env=env) == ["no registry loaded"]  # default: nothing happens at load
+    registered = _driver(built, "--on-load", env=dict(env, FRCNN_TRT_REGISTER_ON_LOAD="1"))
+    assert sorted(registered) == sorted(f'registered {name} 1 "" PLUGIN CREATOR_V3ONE' for name in PLUGIN_FIELDS)
+    # without a libnvinfer to register with: one line on stderr, and the library still loads
+    r = subprocess.run([str(built[1]), "--on-load", str(library)], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in env.items() if k != "LD_LIBRARY_PATH"} | {"FRCNN_TRT_REGISTER_ON_LOAD": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == "no registry loaded"
+    assert r.stderr.count("\n") == 1 and f"libnvinfer.so.{major}" in r.stderr

@@ -339,15 +339,23 @@ def test_command_line(plugin_graph, old_graph, tmp_path):
 
 
 def test_exporters_trt_refuses_an_unready_graph_before_parsing(old_graph, tmp_path, monkeypatch, capsys):
-    """exporters.trt runs the check before TensorRT's parser sees the file: the old graph stops there
-    (exit 1, one line naming the node and the rule), and the parser is never called."""
+    """exporters.trt checks before TensorRT's parser sees the file: --onnx stops on the old graph before it
+    even looks for TensorRT (exit 1, one line naming the node and the rule), and build_engine, the step the
+    --checkpoint path ends in, refuses it without calling the parser."""
     from exporters import trt as trt_export
 
     from tests.trt_standins import install
 
-    trt, _ = install(monkeypatch, "11.1", old_graph)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT needed to be told
     with pytest.raises(SystemExit) as e:
         trt_export.main(["--onnx", str(old_graph), "--out", str(tmp_path / "m.engine"), "--no-verify"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and len(err) == 1 and "not TensorRT-ready" in err[0] and "(Transpose): uint8" in err[0]
-    assert trt._parsed == [] and not (tmp_path / "m.engine").exists()
+    trt, _ = install(monkeypatch, "11.1", old_graph)
+    library = tmp_path / "libfrcnn_trt_plugins.so"
+    library.write_bytes(b"")
+    meta = trt_export.read_onnx_meta(old_graph)
+    with pytest.raises(NotReadyError, match="uint8"):
+        trt_export.build_engine(old_graph, tmp_path / "m.engine", meta, trt_export.precision_plan("11.1.0", False),
+                                (1, 1, 1), "custom", library)
+    assert trt._parsed == [] and trt._builders == [] and not (tmp_path / "m.engine").exists()

@@ -7,7 +7,9 @@ A run directory holds
 
 Each file is written to a temporary name and renamed into place, so a killed run never
 leaves a half-written file; resume.json is renamed last and is the commit point of a
-training-state checkpoint. torchvision `.pth` state dicts import with
+training-state checkpoint. A checkpoint's two files are both written before either is
+renamed, so a write that fails (a full disk) leaves the previous pair as it was; the
+failure is a one-line CheckpointError. torchvision `.pth` state dicts import with
 `torch.load(weights_only=True)`, which refuses pickled code.
 """
 from __future__ import annotations
@@ -22,55 +24,85 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from runtimes.base import first_line, is_dir, is_file
+from runtimes.errors import one_line
 from runtimes.meta import ModelMeta
 
 from .models import ARCHS, build_model, default_meta
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file and the reason."""
+    """A checkpoint that cannot be read or written; one line naming the file and the reason."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_line(message))
+
+
+def atomic_write_all(writes) -> None:
+    """For each (path, write) pair call write(tmp_path) and fsync; only when every file is
+    written, rename each onto its path. A failing write leaves every path as it was."""
+    tmps = []
+    try:
+        for path, write in writes:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            tmps.append((tmp, path))
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), fsync, then rename onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_all([(path, write)])
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None) -> None:
+def tensors_writer(tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None):
+    """write(tmp_path) of a safetensors file, for atomic_write."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    return lambda tmp: save_file(tensors, str(tmp), metadata=header)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None) -> None:
+    atomic_write(path, tensors_writer(tensors, header))
+
+
+def cannot_write(path, error: OSError) -> CheckpointError:
+    return CheckpointError(f"{path}: cannot write the checkpoint ({error.strerror or first_line(error)}); "
+                           "the previous one is kept")
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta) -> Path:
-    """Write `path` (.safetensors) and its .json sidecar; the metadata is also in the header."""
+    """Write `path` (.safetensors) and its .json sidecar, both or neither; the metadata is also in
+    the header. CheckpointError when they cannot be written (the previous pair stays)."""
     path = Path(path).with_suffix(".safetensors")
     text = meta.to_json()
-    save_tensors(path, model.state_dict(), {"frcnn_deploy_meta": text})
-    atomic_write_text(path.with_suffix(".json"), text)
+    try:
+        atomic_write_all([(path, tensors_writer(model.state_dict(), {"frcnn_deploy_meta": text})),
+                          (path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))])
+    except OSError as e:
+        raise cannot_write(path, e) from None
     return path
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A run directory (its model.safetensors), a .safetensors file, or a .json sidecar."""
     p = Path(path)
-    if p.is_dir():
+    if is_dir(p):
         p = p / "model.safetensors"
     elif p.suffix == ".json":
         p = p.with_suffix(".safetensors")
-    if not p.exists():
+    if not is_file(p):
         raise CheckpointError(f"{path}: no checkpoint found (expected a run directory or a .safetensors file)")
     return p
 
@@ -80,15 +112,17 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
     p = resolve_checkpoint(path)
     side = p.with_suffix(".json")
     try:
-        if side.exists():
+        if is_file(side):
             return ModelMeta.from_json(side.read_text())
         with safe_open(str(p), framework="pt") as f:
             header = (f.metadata() or {}).get("frcnn_deploy_meta")
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{p}: unreadable checkpoint metadata ({e})") from None
-    if header is None:
-        raise CheckpointError(f"{p}: no metadata (no {side.name} and none in the file header)")
-    return ModelMeta.from_json(header)
+        if header is None:
+            raise CheckpointError(f"{p}: no metadata (no {side.name} and none in the file header)")
+        return ModelMeta.from_json(header)
+    except CheckpointError:
+        raise
+    except Exception as e:  # ValueError, OSError and safetensors' own error types
+        raise CheckpointError(f"{p}: unreadable checkpoint metadata ({first_line(e)})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
@@ -98,8 +132,11 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[torch
     try:
         state = load_file(str(p), device=device)
     except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{p}: unreadable safetensors file ({e})") from None
-    model = build_model(meta)
+        raise CheckpointError(f"{p}: unreadable safetensors file ({first_line(e)})") from None
+    try:
+        model = build_model(meta)
+    except (ValueError, TypeError, KeyError) as e:  # the metadata names no model this version builds
+        raise CheckpointError(f"{p}: its metadata describes no model this version builds ({first_line(e)})") from None
     bad = [k for keys in state_mismatch(model, state) for k in keys]
     if bad:
         raise CheckpointError(f"{p}: the weights do not fit the {meta.arch!r} model this version builds "
@@ -116,8 +153,8 @@ def load_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported pickle content"
         raise CheckpointError(f"{path}: refused to load, the file holds more than tensors ({first})") from None
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable .pth file ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # garbage makes zipfile, pickle and torch raise many types
+        raise CheckpointError(f"{path}: not a readable .pth file ({first_line(e)})") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # torchvision reference-script checkpoints
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -137,19 +174,24 @@ def guess_arch(state: dict[str, torch.Tensor]) -> str:
 
 
 def import_pth(path: str | os.PathLike, arch: str | None = None, class_names: list[str] | None = None,
-               canvas: tuple[int, int] | None = None) -> tuple[torch.nn.Module, ModelMeta]:
-    """A torchvision `.pth` (e.g. fasterrcnn_resnet50_fpn's COCO weights) as our model + metadata."""
+               canvas: tuple[int, int] | None = None,
+               provenance: dict | None = None) -> tuple[torch.nn.Module, ModelMeta]:
+    """A torchvision `.pth` (e.g. fasterrcnn_resnet50_fpn's COCO weights) as our model + metadata;
+    `provenance` (where the weights came from) is added to the metadata's."""
     from torchvision.models._meta import _COCO_CATEGORIES
 
     state = load_pth(path)
     arch = arch or guess_arch(state)
     if arch not in ARCHS:
         raise CheckpointError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
-    n = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    head = state.get("roi_heads.box_predictor.cls_score.weight")
+    if head is None or head.ndim != 2:
+        raise CheckpointError(f"{path}: no class head (roi_heads.box_predictor.cls_score.weight) in the state dict")
+    n = head.shape[0]
     if class_names is None:
         class_names = list(_COCO_CATEGORIES) if n == len(_COCO_CATEGORIES) else \
             ["__background__"] + [f"class_{i}" for i in range(1, n)]
-    meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name},
+    meta = default_meta(arch, class_names, canvas, provenance={"imported_from": Path(path).name, **(provenance or {})},
                         arch_kwargs={"frozen_bn": True} if pth_frozen_bn(state) else {})
     model = build_model(meta)
     missing, unexpected, misshapen = state_mismatch(model, state)
@@ -177,7 +219,15 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tu
 
 
 def load_any(path: str | os.PathLike, device: str = "cpu", arch: str | None = None):
-    """Our checkpoint (run dir, .safetensors, .json) or a torchvision .pth -> (model, meta)."""
+    """Our checkpoint (run dir, .safetensors, .json), a torchvision .pth, or named weights
+    (torchvision:NAME or a URL, downloaded and verified: see trainer.weights) -> (model, meta)."""
+    from . import weights
+
+    if weights.is_named(path):
+        pretrained = weights.resolve(str(path), arch)
+        model, meta = import_pth(pretrained.path, pretrained.arch or arch, pretrained.class_names,
+                                 provenance=pretrained.provenance)
+        return model.to(device), meta
     if str(path).endswith((".pth", ".pt")):
         model, meta = import_pth(path, arch)
         return model.to(device), meta
@@ -199,8 +249,15 @@ def save_train_state(run_dir: str | os.PathLike, tensors: dict[str, torch.Tensor
     """
     run_dir = Path(run_dir)
     name = f"state/step-{state['progress']['step']:09d}-{uuid.uuid4().hex[:6]}.safetensors"
-    save_tensors(run_dir / name, tensors)
-    atomic_write_text(run_dir / RESUME_POINTER, json.dumps({**state, "format": STATE_FORMAT, "tensors": name}))
+    try:
+        save_tensors(run_dir / name, tensors)
+    except OSError as e:
+        raise cannot_write(run_dir / name, e) from None
+    try:
+        atomic_write_text(run_dir / RESUME_POINTER, json.dumps({**state, "format": STATE_FORMAT, "tensors": name}))
+    except OSError as e:
+        (run_dir / name).unlink(missing_ok=True)  # never committed: the previous state stays the one
+        raise cannot_write(run_dir / RESUME_POINTER, e) from None
     for old in (run_dir / "state").glob("step-*.safetensors"):
         if old.name != Path(name).name:
             old.unlink(missing_ok=True)
@@ -210,18 +267,25 @@ def save_train_state(run_dir: str | os.PathLike, tensors: dict[str, torch.Tensor
 def load_train_state(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(the JSON state, its tensors) of the last committed training-state checkpoint. Never unpickles."""
     pointer = Path(run_dir) / RESUME_POINTER
-    if not pointer.exists():
+    if not is_file(pointer):
         raise CheckpointError(f"{run_dir}: no training state to resume (no {RESUME_POINTER})")
     try:
         state = json.loads(pointer.read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{pointer}: unreadable ({e})") from None
-    if state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{pointer}: not a frcnn-deploy training state (format={state.get('format')!r})")
+    except (ValueError, OSError, RecursionError) as e:
+        raise CheckpointError(f"{pointer}: unreadable ({first_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{pointer}: not a frcnn-deploy training state (format={found!r})")
+    name = state.get("tensors")
+    if not (isinstance(name, str) and name.startswith("state/") and ".." not in Path(name).parts):
+        raise CheckpointError(f"{pointer}: 'tensors' must name a file under state/, got {name!r}")
+    path = Path(run_dir) / name
+    if not is_file(path):
+        raise CheckpointError(f"{pointer}: its tensors file {name} is missing")
     try:
-        tensors = load_file(str(Path(run_dir) / state["tensors"]))
+        tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{pointer}: its tensors file is unreadable ({e})") from None
+        raise CheckpointError(f"{pointer}: its tensors file {name} is unreadable ({first_line(e)})") from None
     return state, tensors
 
 

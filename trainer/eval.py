@@ -24,15 +24,20 @@ from .distributed import DeviceError, parse_device
 from .loader import EpochBatchSampler, canvas_to_float, make_loader
 
 
+# torchvision's COCO class list fills the category ids COCO left unused with this name
+UNUSED_CLASS = "N/A"
+
+
 def category_ids_for(meta: ModelMeta, dataset: DetectionDataset) -> list[int]:
-    """COCO category id (of `dataset`) for each model label, matched by class name."""
+    """COCO category id (of `dataset`) for each model label, matched by class name; -1 (no
+    category: COCOeval ignores such detections) for torchvision's unused "N/A" labels."""
     ids = dataset.label_category_ids()
     by_name = {name: ids[i + 1] for i, name in enumerate(dataset.class_names)}
-    missing = [n for n in meta.class_names[1:] if n not in by_name]
+    missing = [n for n in meta.class_names[1:] if n not in by_name and n != UNUSED_CLASS]
     if missing:
         raise DatasetError(f"{dataset.name}: has no class {missing[0]!r} of the model "
                            f"(model classes: {', '.join(meta.class_names[1:])})")
-    return [0, *(by_name[n] for n in meta.class_names[1:])]
+    return [0, *(by_name.get(n, -1) for n in meta.class_names[1:])]
 
 
 @torch.no_grad()
@@ -76,7 +81,8 @@ def main(argv=None) -> int:
         description="COCO mAP of a checkpoint on a dataset's validation split; prints the 12 COCO "
                     "numbers and optionally writes the detections as a COCO results JSON.")
     p.add_argument("--checkpoint", required=True,
-                   help="run directory, .safetensors/.json checkpoint, or torchvision .pth")
+                   help="run directory, .safetensors/.json checkpoint, torchvision .pth, or named weights "
+                        "(torchvision:resnet50_fpn ...: see python -m trainer --help)")
     p.add_argument("--data", help="dataset spec as for `python -m trainer` "
                                   "(default: the dataset the checkpoint was trained on)")
     p.add_argument("--val-data", help="separate validation set spec (as for `python -m trainer`)")

@@ -23,11 +23,15 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
+from runtimes.base import first_line
+
 from . import checkpoint, distributed, plots
+from . import weights as named_weights
 from .data import DatasetError, build_datasets
 from .distributed import DeviceError, Dist
 from .eval import evaluate_model
@@ -154,9 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after warm-up: cosine decay to zero, or x0.1 at 70%% and 90%% (default cosine)")
     p.add_argument("--warmup-iters", type=non_negative_int, help="linear warm-up steps (default per arch: tiny 50, others 500)")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
-    p.add_argument("--weights", help="start from these weights: a torchvision .pth state dict (loaded with "
-                                     "weights_only) or one of our checkpoints; the class head is "
-                                     "re-initialised when the class count differs")
+    p.add_argument("--weights", help="start from these weights: coco (torchvision's COCO weights of --arch), "
+                                     "torchvision:ARCH, torchvision:ENUM.MEMBER or a URL (downloaded once "
+                                     "into torch's hub cache, SHA-256 checked), a torchvision .pth state dict "
+                                     "(loaded with weights_only) or one of our checkpoints; when the classes "
+                                     "differ, the class-specific predictor layers are taken by class name "
+                                     "where the weights know every class, else re-initialised")
+    p.add_argument("--weights-backbone", help="start only the backbone from ImageNet weights: imagenet "
+                                              "(torchvision's for --arch), torchvision:ENUM.MEMBER, a URL or a "
+                                              ".pth; the FPN, RPN and box head start random")
     p.add_argument("--canvas", type=parse_canvas, help="input canvas HxW, multiples of 32 "
                    f"(default per arch: {', '.join(f'{a} {h}x{w}' for a, (h, w) in DEFAULT_CANVAS.items())})")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation (default 0)")
@@ -174,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULTS = dict(data="shapes", val_data=None, batch_size=4, schedule=None, amp=False, weights=None,
+                weights_backbone=None,
                 seed=0, checkpoint_every=200, eval_batch_size=8)
 # options a resumed run may change; everything else must stay as the run was started
 RESUME_OVERRIDABLE = {"epochs", "device", "workers", "checkpoint_every", "eval_batch_size", "out", "resume"}
@@ -236,33 +247,102 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def weights_info(path: str, arch: str | None) -> tuple[dict[str, torch.Tensor], str, bool]:
-    """(state dict, architecture, frozen_bn) of --weights. A .pth is loaded with weights_only."""
+class StartWeights(NamedTuple):
+    """What --weights or --weights-backbone hands the new model."""
+
+    state: dict[str, torch.Tensor]
+    arch: str
+    frozen_bn: bool
+    class_names: list[str] | None  # the classes the weights were trained on, when known
+    name: str  # for messages
+    backbone_only: bool = False  # an ImageNet classifier's state dict (see named_weights.load_backbone)
+
+
+def weights_info(path: str, arch: str | None) -> StartWeights:
+    """What --weights holds. A .pth (named weights are one, once downloaded) loads with weights_only."""
+    if named_weights.is_named(path):
+        pretrained = named_weights.resolve(path, arch)
+        state = checkpoint.load_pth(pretrained.path)
+        return StartWeights(state, arch or pretrained.arch or checkpoint.guess_arch(state),
+                            checkpoint.pth_frozen_bn(state), pretrained.class_names, pretrained.path.name)
     if str(path).endswith((".pth", ".pt")):
         state = checkpoint.load_pth(path)
         # A state dict does not name its architecture (mobilenet_v3_large_fpn and its 320 variant
         # share keys): --arch wins, the keys are only a guess.
-        return state, arch or checkpoint.guess_arch(state), checkpoint.pth_frozen_bn(state)
+        return StartWeights(state, arch or checkpoint.guess_arch(state), checkpoint.pth_frozen_bn(state), None,
+                            Path(path).name)
     model, meta = checkpoint.load_checkpoint(path)
     if arch and arch != meta.arch:
         raise TrainError(f"--weights {path} holds a {meta.arch} model, not --arch {arch}")
-    return model.state_dict(), meta.arch, bool(meta.arch_kwargs.get("frozen_bn", False))
+    return StartWeights(model.state_dict(), meta.arch, bool(meta.arch_kwargs.get("frozen_bn", False)),
+                        list(meta.class_names), Path(path).name)
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
-    """Load `state` into `model`; a class head of another size is left freshly initialised."""
-    own = model.state_dict()
-    head = [k for k in state if k.startswith("roi_heads.box_predictor.")]
+def backbone_info(spec: str, arch: str | None) -> StartWeights:
+    """What --weights-backbone holds: torchvision's ImageNet classifier weights for `arch`."""
+    if arch is None:
+        raise TrainError(f"--weights-backbone needs --arch: one of {', '.join(named_weights.PRETRAINED_ARCHS)}")
+    pretrained = named_weights.resolve_backbone(spec, arch)
+    return StartWeights(checkpoint.load_pth(pretrained.path), arch, named_weights.FROZEN_BN_WHEN_PRETRAINED[arch],
+                        None, pretrained.path.name, backbone_only=True)
+
+
+PREDICTOR = "roi_heads.box_predictor."
+CLS_SCORE = PREDICTOR + "cls_score."
+
+
+def class_rows(source: list[str] | None, target: list[str]) -> list[int] | None:
+    """For each class of `target` (background first), its row in a head trained on `source`;
+    None unless every class name appears exactly once there."""
+    if not source or source[0] != target[0]:
+        return None
+    rows = [0]
+    for name in target[1:]:
+        if source.count(name) != 1:
+            return None
+        rows.append(source.index(name))
+    return rows
+
+
+def select_classes(state: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """The class-specific predictor layers cut down to `rows` (scores: one row per class; boxes: four)."""
+    index = torch.tensor(rows)
+    box_index = (index[:, None] * 4 + torch.arange(4)).reshape(-1)
+    return {k: v[index] if k.startswith(CLS_SCORE) else v[box_index] if k.startswith(PREDICTOR) else v
+            for k, v in state.items()}
+
+
+def load_weights(model: torch.nn.Module, start: StartWeights, class_names: list[str]) -> str:
+    """Load `start` into `model` (whose classes are `class_names`); returns what was done
+    differently from a plain copy, in words, or "".
+
+    When the class counts differ, only the class-specific layers (the box predictor's
+    cls_score and bbox_pred) change: their rows are picked by class name where the weights'
+    classes include every one of ours (COCO weights fine-tuned on COCO, or on a subset of it),
+    else they keep their fresh initialisation. Every other tensor comes from the weights.
+    """
+    if start.backbone_only:
+        n = named_weights.load_backbone(model, start.state, start.name)
+        return f"backbone: {n} tensors from {start.name}; the FPN, RPN and box head start from random initialisation"
+    state, own = start.state, model.state_dict()
+    head = [k for k in state if k.startswith(PREDICTOR)]
     note = ""
     if any(k in own and own[k].shape != state[k].shape for k in head):
-        n_src = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-        n_own = own["roi_heads.box_predictor.cls_score.weight"].shape[0]
-        state = {k: v for k, v in state.items() if k not in head}
-        note = f"class head re-initialised ({n_src} classes in {Path(source).name}, {n_own} here)"
+        n_src, n_own = state[CLS_SCORE + "weight"].shape[0], own[CLS_SCORE + "weight"].shape[0]
+        layers = " and ".join(sorted({k.rsplit(".", 1)[0] for k in head}))
+        rows = class_rows(start.class_names, class_names)
+        if rows is not None and len(start.class_names) == n_src:
+            state = select_classes(state, rows)
+            note = (f"class head: {layers} cut to our {n_own - 1} classes, picked by name from the "
+                    f"{n_src - 1} of {start.name}; every other layer as it was trained")
+        else:
+            state = {k: v for k, v in state.items() if k not in head}
+            note = (f"class head re-initialised ({n_src} classes in {start.name}, {n_own} here): only {layers} "
+                    "start from random values; every other layer comes from the weights")
     missing, unexpected, bad = checkpoint.state_mismatch(model, state)
-    missing = [k for k in missing if not (note and k.startswith("roi_heads.box_predictor."))]
+    missing = [k for k in missing if not (note and k.startswith(PREDICTOR))]
     if missing or unexpected or bad:
-        raise TrainError(f"{source}: does not fit the model (missing {missing[:3]}, unexpected "
+        raise TrainError(f"{start.name}: does not fit the model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}, other shapes {bad[:3]})")
     model.load_state_dict(state, strict=False)
     return note
@@ -348,7 +428,8 @@ def write_outputs(run_dir: Path, model, meta, progress: Progress, config: dict, 
     meta.provenance = dict(
         dataset=config["data"], val_dataset=config["val_data"], epochs=record["epoch"],
         total_epochs=config["epochs"], map=record["coco"]["AP@[.5:.95]"], best_map=progress.best_map,
-        best_epoch=progress.best_epoch, weights=config["weights"], toolkit_version=toolkit_version(),
+        best_epoch=progress.best_epoch, weights=config["weights"],
+        weights_backbone=config.get("weights_backbone"), toolkit_version=toolkit_version(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     checkpoint.save_checkpoint(run_dir / "last.safetensors", unwrap(model), meta)
     if progress.best_epoch == record["epoch"]:
@@ -360,11 +441,30 @@ def write_outputs(run_dir: Path, model, meta, progress: Progress, config: dict, 
 
 # ---------------------------------------------------------------- the loop
 
+# resume.json's entries the loop reads, and their types
+SAVED_FIELDS = {"config": dict, "world_size": int, "progress": dict, "optimizer": dict, "rng": list}
+
+
+def check_saved_state(saved: dict, run_dir: Path) -> None:
+    """CheckpointError, one line, when resume.json lacks what resuming needs (a damaged or edited file)."""
+    where = run_dir / checkpoint.RESUME_POINTER
+    for key, kind in SAVED_FIELDS.items():
+        if not isinstance(saved.get(key), kind):
+            raise checkpoint.CheckpointError(f"{where}: {key!r} is missing or not a {kind.__name__} "
+                                             "(a damaged training state)")
+    missing = sorted(set(vars(build_parser().parse_args([]))) - {"resume", "out", "device", "workers"}
+                     - saved["config"].keys())
+    if missing:
+        raise checkpoint.CheckpointError(f"{where}: the saved config lacks {', '.join(missing)} "
+                                         "(a damaged training state)")
+
+
 def open_run(args: argparse.Namespace):
-    """(run_dir, config, saved state and tensors or None, --weights info or None) for the command line."""
+    """(run_dir, config, saved state and tensors or None, StartWeights or None) for the command line."""
     if args.resume is not None:
         run_dir = Path(args.resume or args.out or latest_run())
         saved, tensors = checkpoint.load_train_state(run_dir)
+        check_saved_state(saved, run_dir)
         config = dict(saved["config"])
         given = {k: v for k, v in vars(args).items() if v is not None and k not in RESUME_OVERRIDABLE}
         changed = [k for k, v in given.items() if (list(v) if k == "canvas" else v) != config.get(k)]
@@ -377,26 +477,32 @@ def open_run(args: argparse.Namespace):
         return run_dir, config, saved, tensors, None
     if args.arch is not None and args.arch not in ARCHS:
         raise TrainError(f"unknown --arch {args.arch!r}; choose from {', '.join(ARCHS)}")
-    weights = weights_info(args.weights, args.arch) if args.weights else None
-    config = resolve_config(args, weights[1] if weights else None)
-    config["frozen_bn"] = bool(weights and weights[2])
+    if args.weights and args.weights_backbone:
+        raise TrainError("--weights and --weights-backbone exclude each other (--weights holds a backbone too)")
+    start = weights_info(args.weights, args.arch) if args.weights else None
+    config = resolve_config(args, start.arch if start else None)
+    if args.weights_backbone:
+        start = backbone_info(args.weights_backbone, args.arch)
+    config["frozen_bn"] = bool(start and start.frozen_bn)
     run_dir = Path(args.out or new_run_dir(config["arch"], config["data"]))
     if (run_dir / checkpoint.RESUME_POINTER).exists():
         raise TrainError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                          "or choose another --out")
-    return run_dir, config, None, None, weights
+    return run_dir, config, None, None, start
 
 
 def train(args: argparse.Namespace) -> Path:
     device = distributed.parse_device(args.device)
     d, device = distributed.init(device)
-    run_dir, config, saved, tensors, weights = open_run(args)
+    run_dir, config, saved, tensors, start = open_run(args)
     if config["amp"] and device.type != "cuda":
         raise TrainError(f"--amp needs a CUDA device (training on {device.type})")
     workers = default_workers(device) if args.workers is None else args.workers
     say = tqdm.write if d.is_main else (lambda *a, **k: None)
 
     train_set, val_set = build_datasets(config["data"], config["val_data"])
+    if train_set is val_set:  # coco-val2017: an evaluation set
+        say(f"note: {train_set.name} validates on its own training images; its mAP measures fit only")
     for ds in (train_set, val_set):
         if len(ds) == 0:
             raise DatasetError(f"{ds.name}: no images")
@@ -408,8 +514,8 @@ def train(args: argparse.Namespace) -> Path:
                         category_ids=train_set.label_category_ids(),
                         arch_kwargs={"frozen_bn": True} if config.get("frozen_bn") else {})
     model = build_model(meta)
-    if weights:
-        note = load_weights(model, weights[0], args.weights)
+    if start:
+        note = load_weights(model, start, meta.class_names)
         if note:
             say(note)
     prepare_model(model, device)
@@ -426,7 +532,13 @@ def train(args: argparse.Namespace) -> Path:
                           config["schedule"])
     progress = Progress()
     if saved is not None:
-        progress = restore_state(saved, tensors, model, optimizer, scaler, d)
+        try:
+            progress = restore_state(saved, tensors, model, optimizer, scaler, d)
+        except TrainError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:  # what torch and Progress raise
+            raise checkpoint.CheckpointError(f"{run_dir / checkpoint.RESUME_POINTER}: the saved training state "
+                                             f"does not fit this run ({first_line(e)})") from None
         del tensors
         say(f"resuming {run_dir} at epoch {progress.epoch + 1}, batch {progress.batch}, step {progress.step}")
         if progress.epoch >= config["epochs"]:
@@ -513,6 +625,9 @@ def main(argv=None) -> int:
         train(args)
     except (TrainError, DatasetError, DeviceError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a full disk under metrics.jsonl or a plot (checkpoints say so themselves)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     finally:
         distributed.cleanup()

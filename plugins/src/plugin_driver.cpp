@@ -4,6 +4,8 @@
 // round trip. Compiled against TensorRT's real headers (tests/test_plugin_library.py, both versions).
 //
 //   plugin_driver LIB                       list the creators and the fields they declare
+//   plugin_driver --on-load LIB             dlopen only, then list what registered itself with the
+//                                           registry of a loaded libnvinfer (registry_probe.cpp)
 //   plugin_driver LIB NAME FIELD... -- IN...
 //     FIELD  name=TYPE:v1,v2,...  TYPE as TensorRT's ONNX parser makes it: i32, f32, char (or i64, f64)
 //     IN     TYPE:d1,d2,...       TYPE float, half, int32, ...; a d that is a letter is a symbolic dimension
@@ -354,6 +356,19 @@ int main(int argc, char** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: plugin_driver LIB [NAME FIELD... -- INPUT...]\n");
         return 2;
+    }
+    if (std::strcmp(argv[1], "--on-load") == 0 && argc == 3) {  // what Triton's backend does: dlopen, nothing else
+        if (dlopen(argv[2], RTLD_NOW | RTLD_LOCAL) == nullptr) {
+            std::printf("dlopen failed %s\n", dlerror());
+            return 1;
+        }
+        auto probe = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "frcnn_probe_registrations"));
+        if (probe == nullptr) {
+            std::printf("no registry loaded\n");
+            return 0;
+        }
+        probe();
+        return 0;
     }
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     if (lib == nullptr) {

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtimes.errors import one_line
+
 
 class DatasetError(ValueError):
     """Bad dataset input; the message is one line naming the file and, where known, the line.
@@ -27,7 +29,7 @@ class DatasetError(ValueError):
         if message.startswith("Caught DatasetError ") and "\nOriginal Traceback" in message:
             self.worker_traceback = message
             message = message.rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]
-        super().__init__(message)
+        super().__init__(one_line(message))  # a name quoted from a file may hold a line break
 
 
 @dataclass
@@ -121,7 +123,8 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, where: str, dataset:
     left inside the image. Non-finite coordinates raise DatasetError naming `where`.
     `dataset` is whatever counts the skips: anything with a `skip(reason, n)` method.
     """
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused just below
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if not np.isfinite(boxes).all():
         raise DatasetError(f"{where}: box coordinates are not finite numbers")
     outside = (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes.base import is_file
+from runtimes.meta import is_finite_number as _is_number
+
 from .base import DatasetError
 from .files import FileDataset, ImageRecord, image_size
 
@@ -58,6 +61,10 @@ def _read_json(path: Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise DatasetError(f"{path}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with images, annotations and categories")
     for key in ("images", "annotations", "categories"):
@@ -70,43 +77,46 @@ def _read_json(path: Path) -> dict:
 
 # json.loads gives int and float (and bool, which must not pass as a number). Exact type
 # checks: isinstance against the numbers ABCs is slow over a million annotations.
+MAX_ID = 2 ** 53  # ids travel as float64 in the compact ground truth (exact up to 2**53)
+
+
 def _is_int(v) -> bool:
     return type(v) is int
 
 
-def _is_number(v) -> bool:
-    return type(v) in (int, float)
+def _is_id(v) -> bool:
+    return type(v) is int and -MAX_ID <= v <= MAX_ID
 
 
 def _check_records(path: Path, data: dict) -> None:
     """The fields the reader and pycocotools rely on, so a bad file gets a one-line error."""
     image_ids, cat_ids = set(), set()
     for i, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+        if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
             raise DatasetError(f"{path}: categories[{i}]: needs an integer 'id' and a 'name'")
         if c["id"] in cat_ids:
             raise DatasetError(f"{path}: categories[{i}]: category id {c['id']} appears twice")
         cat_ids.add(c["id"])
     for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
+        if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
             raise DatasetError(f"{path}: images[{i}]: needs an integer 'id' and a 'file_name'")
         if im["id"] in image_ids:
             raise DatasetError(f"{path}: images[{i}]: image id {im['id']} appears twice")
         image_ids.add(im["id"])
     for i, a in enumerate(data["annotations"]):
         where = f"{path}: annotations[{i}]"
-        if not isinstance(a, dict) or not _is_int(a.get("id")):
+        if not isinstance(a, dict) or not _is_id(a.get("id")):
             raise DatasetError(f"{where}: needs an integer 'id'")
         where += f" (id {a['id']})"
-        if a.get("image_id") not in image_ids:
+        if not _is_int(a.get("image_id")) or a["image_id"] not in image_ids:  # (a list is unhashable)
             raise DatasetError(f"{where}: image_id {a.get('image_id')!r} is not in 'images'")
-        if a.get("category_id") not in cat_ids:
+        if not _is_int(a.get("category_id")) or a["category_id"] not in cat_ids:
             raise DatasetError(f"{where}: unknown category_id {a.get('category_id')!r} "
                                f"(categories: {sorted(cat_ids)})")
         bbox = a.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4
                 and all(map(_is_number, bbox))):
-            raise DatasetError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+            raise DatasetError(f"{where}: 'bbox' must be [x, y, width, height] of finite numbers, got {bbox!r}")
         if "area" in a and not _is_number(a["area"]):
             raise DatasetError(f"{where}: 'area' must be a number, got {a['area']!r}")
 
@@ -132,7 +142,7 @@ def _image_root(path: Path, first_file: str) -> Path:
         candidates.append(folder.parent / path.stem[len("instances_"):])
     candidates.append(folder.parent)
     for root in candidates:
-        if (root / first_file).is_file():
+        if is_file(root / first_file):
             return root
     raise DatasetError(f"{path}: image {first_file!r} not found in any of "
                        f"{', '.join(str(c) for c in candidates)} (pass the image folder explicitly)")
@@ -156,7 +166,7 @@ class CocoDataset(FileDataset):
         for im in data["images"]:
             image_path = root / im["file_name"]
             where = f"{path}: image id {im['id']} ({im['file_name']})"
-            if not image_path.is_file():
+            if not is_file(image_path):
                 raise DatasetError(f"{where}: {image_path} not found")
             width, height = im.get("width"), im.get("height")
             if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):

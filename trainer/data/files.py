@@ -28,18 +28,27 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtimes.base import is_file
+
 from .base import DatasetError, DetectionDataset, Sample, check_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MAX_IMAGE_SIDE = 65536  # px: JPEG's limit; a bigger size in an annotation is a typo or corruption
+MAX_IMAGE_BYTES = 2**30  # a bigger "image" file is something else (a video, /proc/kcore): not read into memory
 
 
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file as RGB uint8 HxWx3; DatasetError when it cannot be read or decoded."""
     try:
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise DatasetError(f"{path}: {path.stat().st_size} bytes, too big for an image file")
         data = np.fromfile(path, np.uint8)  # (not cv2.imread: it cannot tell missing from corrupt)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read image ({e.strerror or e})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    except cv2.error:  # OpenCV refuses some corrupt headers (absurd sizes) with an exception, not None
+        image = None
     if image is None:
         raise DatasetError(f"{path}: cannot decode image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -54,7 +63,7 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
             return im.size
     except FileNotFoundError:
         raise DatasetError(f"{where}: image {path} not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except Exception:  # a corrupt header makes PIL's format plugins raise all sorts of types
         raise DatasetError(f"{where}: cannot read the size of image {path} (not an image file?)") from None
 
 
@@ -94,6 +103,9 @@ class ImageRecord:
     def checked(cls, path: Path, file_name: str, image_id: int, width: int, height: int,
                 boxes, labels, iscrowd, where: str, skipped: Counter | None = None) -> ImageRecord:
         """A record with its boxes clipped and degenerate ones dropped (counted in `skipped`)."""
+        if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
+            raise DatasetError(f"{where}: image size {width}x{height} is not a usable size "
+                               f"(1..{MAX_IMAGE_SIDE} pixels a side)")
         rec = cls(path, file_name, int(image_id), int(width), int(height), None, None, None,
                   Counter(skipped or {}))
         rec.boxes, rec.labels, rec.iscrowd = check_boxes(

@@ -16,11 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import DetectionDataset, Sample
+from .base import DatasetError, DetectionDataset, Sample
 
 CLASSES = ("circle", "square", "triangle")
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003}
 MIN_OBJECT = 12  # px: the smallest side, COCO "small" territory; sizes are log-uniform above it
+MAX_IMAGES = 10_000_000  # per split: a bigger number in a spec is a typo (len() must fit an index)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -122,6 +123,9 @@ class ShapesDataset(DetectionDataset):
 
 def shapes_splits(train: int = 1200, val: int = 200, seed: int = 0):
     """The train and held-out validation splits (disjoint seeds)."""
+    for split, n in (("train", train), ("val", val)):
+        if not 0 < n <= MAX_IMAGES:
+            raise DatasetError(f"shapes: {split}={n} images; each split needs 1..{MAX_IMAGES}")
     return (ShapesDataset(train, SPLIT_SEEDS["train"] + seed, "shapes-train"),
             ShapesDataset(val, SPLIT_SEEDS["val"] + seed, "shapes-val"))
 

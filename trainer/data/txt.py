@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtimes.base import is_file
+
 from .base import DatasetError
 from .files import FileDataset, ImageRecord, image_size, read_class_names
 
@@ -66,7 +68,7 @@ class TxtDataset(FileDataset):
                 continue
             where = f"{path}:{lineno}"
             image_path = path.parent / fields[0]
-            if not image_path.is_file():
+            if not is_file(image_path):
                 raise DatasetError(f"{where}: image {fields[0]} not found (paths are relative to {path.parent})")
             width, height = image_size(image_path, where)
             parsed = [_parse_box(t, where, len(classes), classes_source) for t in fields[1:]]

@@ -32,6 +32,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+from runtimes.base import is_file
+
 from .base import DatasetError
 from .files import IMAGE_EXTENSIONS, FileDataset, ImageRecord, image_size, read_class_names
 
@@ -70,6 +72,8 @@ def parse_xml(path: Path) -> dict:
         raise DatasetError(f"{path}: line {e.position[0]}: malformed XML ({str(e).split(':')[0]})") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+    except LookupError as e:  # <?xml encoding="..."?> naming an encoding Python does not know
+        raise DatasetError(f"{path}: cannot read ({e})") from None
     if root.tag != "annotation":
         raise DatasetError(f"{path}: root element is <{root.tag}>, expected <annotation> (not a VOC file?)")
     size = root.find("size")
@@ -78,7 +82,7 @@ def parse_xml(path: Path) -> dict:
         value = None if size is None else _text(size, tag)
         try:
             dims.append(int(float(value)) if value else 0)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "1e999", infinite
             raise DatasetError(f"{path}: <size><{tag}> is {value!r}, not a number") from None
     objects = []
     for k, obj in enumerate(root.findall("object"), start=1):
@@ -109,15 +113,19 @@ def voc_class_names(root: str | Path) -> list[str]:
 def _find_image(image_dir: Path, filename: str | None, stem: str) -> Path | None:
     candidates = [image_dir / filename] if filename else []
     candidates += [image_dir / (stem + ext) for ext in IMAGE_EXTENSIONS]
-    return next((p for p in candidates if p.is_file()), None)
+    return next((p for p in candidates if is_file(p)), None)
 
 
 def _split_stems(root: Path, split: str, known: set[str]) -> list[str]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise DatasetError(f"{root}: no split list {path}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read split list ({e})") from None
     stems = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         stem = line.split()[0]
