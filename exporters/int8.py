@@ -1,5 +1,5 @@
-"""What INT8 means in every runtime: which nodes are quantized, the mAP gate, the metadata
-record, and the checks that the quantized layers really execute in INT8.
+"""What INT8 means in every runtime: which nodes are quantized, the metadata record, the checks
+that the quantized layers really execute in INT8, and the options of the INT8 exporters.
 
 Only the trained networks are quantized (DeployFasterRCNN's backbone + FPN, RPN head, box head
 and predictor: their convolutions and fully-connected layers). Everything the deploy graph
@@ -8,19 +8,19 @@ assignment, NMS, TopK, RoIAlign and the selects (DESIGN.md, Quantization). The t
 records each ONNX node's module scope (`pkg.torch.onnx.name_scopes`), so the split is read from
 the graph, not guessed from op types (box decoding is Add/Mul/Sub/Div too).
 
-The gate: an INT8 artifact passes when its COCO mAP@[.5:.95] is at most `max_drop` below the
-fp32 deploy graph's on the same validation images. Matched fraction and box/score deviations
-are reported but do not gate: INT8 moves boxes by pixels where fp32 moved them by 1e-4.
+The gate is the shared one of reduced precisions (exporters.gate): an INT8 artifact passes when
+its COCO mAP@[.5:.95] is at most `--max-map-drop` below the fp32 deploy graph's on the same
+validation images. Matched fraction and box/score deviations are reported but do not gate: INT8
+moves boxes by pixels where fp32 moved them by 1e-4.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import math
 import sys
 from dataclasses import dataclass, field
 
-from runtimes.parity import Thresholds
+from .gate import add_gate_args, check_gate_args, map_gate
 
 NETWORK_MODULES = ("backbone", "rpn_head", "box_head", "box_predictor")  # DeployFasterRCNN's trained modules
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # ONNX op types INT8 applies to, inside the networks
@@ -29,10 +29,6 @@ KEPT_FLOAT = ("normalisation", "anchors", "box decoding", "clipping", "level ass
 # activations that make a layer's input negative: asymmetric activation ranges (NNCF's MIXED preset)
 NON_RELU = {"HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "LeakyRelu", "PRelu", "Gelu",
             "Softplus", "Mish", "Swish"}
-DEFAULT_MAX_DROP = 0.010
-GATE_IMAGES = 200  # the validation images the gate scores (all 200 of shapes' split)
-# parity figures of an INT8 artifact are reported, never checked: only the mAP drop gates
-REPORT_ONLY = Thresholds(min_matched=0.0, max_box_px=math.inf, max_score=math.inf, max_map_diff=math.inf)
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -89,44 +85,6 @@ def record(tool: str, calibration, quantized: dict, **details) -> dict:
     """The `export.quantization` entry of an INT8 artifact's metadata."""
     return dict(tool=tool, calibration=calibration.describe(), quantized=quantized,
                 kept_float=list(KEPT_FLOAT), **details)
-
-
-# ------------------------------------------------------------------ the gate
-@dataclass
-class GateResult:
-    passed: bool
-    map_int8: float | None
-    map_fp32: float | None
-    max_drop: float
-    report: object = None  # the ParityReport (reported figures)
-
-    @property
-    def drop(self) -> float | None:
-        return None if self.map_int8 is None else self.map_fp32 - self.map_int8
-
-    def line(self) -> str:
-        if self.map_int8 is None:
-            return "no ground truth to score mAP on"
-        return (f"mAP {self.map_int8:.4f} vs fp32 {self.map_fp32:.4f}: drop {self.drop:+.4f} "
-                f"({'<=' if self.passed else '>'} --max-map-drop {self.max_drop})")
-
-
-def gate(test, reference, meta, images: int = GATE_IMAGES, max_drop: float = DEFAULT_MAX_DROP,
-         spec: str | None = None) -> GateResult:
-    """Score `test` (the INT8 artifact) and `reference` (the fp32 deploy graph) on the validation
-    images of the checkpoint's dataset (or of `spec`); prints the report and the verdict."""
-    from .verify import verify
-
-    report = verify(test, reference, meta, images, REPORT_ONLY, spec=spec)
-    result = GateResult(False, report.map_test, report.map_reference, max_drop, report)
-    if result.map_int8 is not None:
-        result.passed = result.drop <= max_drop
-    print(f"INT8 figures (reported, not gated): {report.summary()}")
-    if result.passed:
-        print(f"INT8 gate OK: {result.line()}")
-    else:
-        print(f"INT8 gate FAILED: {result.line()}", file=sys.stderr)
-    return result
 
 
 # ------------------------------------------------------------------ does it execute in INT8?
@@ -242,11 +200,17 @@ def check_artifact(path, a, reference, meta, device: str = "cpu") -> int:
             return 1
     if a.no_verify:
         return 0
-    return 0 if gate(test, reference, meta, a.gate_images, a.max_map_drop, gate_spec(meta, a.calib_data)).passed else 1
+    return 0 if gate(test, reference, meta, a).passed else 1
+
+
+def gate(test, reference, meta, a: argparse.Namespace):
+    """The shared mAP gate (exporters.gate) of an INT8 artifact, with the command's options."""
+    return map_gate(test, reference, meta, "INT8", a.gate_images, a.max_map_drop, gate_spec(meta, a.calib_data))
 
 
 def add_int8_args(p: argparse.ArgumentParser, accuracy_control: bool = False) -> None:
-    """--int8, its calibration and gate options (and --accuracy-control where the exporter has it)."""
+    """--int8 and its calibration options (--accuracy-control where the exporter has it), and the
+    options of the mAP gate (exporters.gate.add_gate_args)."""
     from .calibration import DEFAULT_IMAGES, MIN_IMAGES
 
     g = p.add_argument_group("INT8 quantization")
@@ -257,15 +221,11 @@ def add_int8_args(p: argparse.ArgumentParser, accuracy_control: bool = False) ->
                    help=f"calibration images (default {DEFAULT_IMAGES}, at least {MIN_IMAGES})")
     g.add_argument("--calib-data", metavar="SPEC",
                    help="calibration dataset spec, any the trainer reads (default: the checkpoint's training data)")
-    g.add_argument("--max-map-drop", type=float, default=DEFAULT_MAX_DROP,
-                   help=f"INT8 gate: largest mAP@[.5:.95] drop against the fp32 deploy graph (default {DEFAULT_MAX_DROP}); "
-                        "matched fraction and box/score deviations are reported, the parity thresholds do not apply")
-    g.add_argument("--gate-images", type=int, default=GATE_IMAGES, metavar="N",
-                   help=f"validation images the gate scores (default {GATE_IMAGES}: all of shapes' validation split)")
     if accuracy_control:
         g.add_argument("--accuracy-control", action="store_true",
                        help="nncf.quantize_with_accuracy_control: keep layers float, most harmful first, until the "
                             "mAP drop on the gate images is within --max-map-drop")
+    add_gate_args(p, "with --int8")
 
 
 def check_int8_args(a: argparse.Namespace) -> None:
@@ -273,6 +233,7 @@ def check_int8_args(a: argparse.Namespace) -> None:
     from .calibration import MIN_IMAGES
     from .cli import fail
 
+    check_gate_args(a)
     if not a.int8:
         given = [o for o, v in (("--calib-data", a.calib_data), ("--accuracy-control", getattr(a, "accuracy_control", False))) if v]
         if given:
@@ -280,5 +241,3 @@ def check_int8_args(a: argparse.Namespace) -> None:
         return
     if a.calib_images < MIN_IMAGES:
         fail(f"--calib-images {a.calib_images}: at least {MIN_IMAGES} images are needed")
-    if a.gate_images < 1 or not 0 <= a.max_map_drop < 1:
-        fail("--gate-images must be at least 1 and --max-map-drop between 0 and 1")

@@ -367,11 +367,11 @@ def verify_engine(engine: Path, a: argparse.Namespace, model=None, meta: ModelMe
     except ModelLoadError as e:
         fail(str(e), MISSING)
     if test.meta.export.get("precision") == "int8":  # gated by its mAP drop, not by box-level parity
-        from .int8 import gate, gate_spec
+        from .int8 import gate
         from .verify import pick_reference
 
         reference = pick_reference(model, meta or test.meta, a.onnx, a.reference_checkpoint)
-        return gate(test, reference, test.meta, a.gate_images, a.max_map_drop, gate_spec(test.meta, a.calib_data)).passed
+        return gate(test, reference, test.meta, a).passed
     return verify_artifact(test, str(engine), a, model, meta, fp16=test.meta.export.get("precision") == "fp16")
 
 

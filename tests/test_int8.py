@@ -18,7 +18,8 @@ from onnx import numpy_helper
 
 import runtimes
 from exporters.calibration import CalibrationError, calibration_set
-from exporters.int8 import (KEPT_FLOAT, GateResult, check_artifact, gate, network_nodes, non_relu_activations,
+from exporters.gate import GateResult, map_gate
+from exporters.int8 import (KEPT_FLOAT, check_artifact, gate_spec, network_nodes, non_relu_activations,
                             onnxruntime_executed, openvino_executed, output_convolutions, quantized_layers)
 from runtimes.base import Detections, Detector
 from runtimes.meta import META_KEY
@@ -28,7 +29,7 @@ CALIB = 8  # calibration images in these tests (the minimum)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import make_tiny_checkpoint
+    from tests.conftest import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("int8"), canvas=(128, 128), dataset="shapes:train=10,val=6")
 
@@ -343,28 +344,47 @@ class _Fixed(Detector):
         return self.answers.pop(0)
 
 
-def _val(meta, n):
+def _val(spec, n):
     from trainer.data import build_datasets
 
-    val = build_datasets(meta.provenance["dataset"])[1]
+    val = build_datasets(spec)[1]
     return [val.load(i) for i in range(n)]
+
+
+def _truth(samples):
+    return [Detections(s.boxes, np.ones(len(s.labels), np.float32), s.labels, []) for s in samples]
 
 
 def test_gate_fails_on_a_map_drop_and_names_it(source, onnx_int8, capsys):
     _, meta = source
-    samples = _val(meta, 6)
-    truth = [Detections(s.boxes, np.ones(len(s.labels), np.float32), s.labels, []) for s in samples]
+    truth = _truth(_val(meta.provenance["dataset"], 6))
     nothing = [Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), [])] * 6
-    result = gate(_Fixed(meta, nothing), _Fixed(meta, truth), meta, 6, 0.01)
+    result = map_gate(_Fixed(meta, nothing), _Fixed(meta, truth), meta, "INT8", 6, 0.01)
     assert not result.passed and result.map_fp32 == pytest.approx(1.0) and result.drop == pytest.approx(1.0)
-    assert "drop +1.0000 (> --max-map-drop 0.01)" in capsys.readouterr().err
-    assert gate(_Fixed(meta, truth), _Fixed(meta, list(truth)), meta, 6, 0.0).passed
-    assert GateResult(False, None, None, 0.01).line() == "no ground truth to score mAP on"
+    assert "INT8 gate FAILED: mAP 0.0000 vs fp32 1.0000: drop +1.0000 (> --max-map-drop 0.01)" in capsys.readouterr().err
+    assert map_gate(_Fixed(meta, truth), _Fixed(meta, list(truth)), meta, "INT8", 6, 0.0).passed
+    assert GateResult("INT8", False, None, None, 0.01).line().startswith("no ground truth to score mAP on")
     # the exporters' last step: the real INT8 artifact against a reference it cannot match -> exit 1
     a = argparse.Namespace(no_verify=False, gate_images=6, max_map_drop=0.01, calib_data=None)
     assert check_artifact(onnx_int8["int8"], a, _Fixed(meta, truth), meta) == 1
     err = capsys.readouterr().err
     assert "INT8 gate FAILED: mAP 0.0000 vs fp32 1.0000" in err
+
+
+def test_gate_scores_on_the_named_dataset_when_the_checkpoint_has_none(source, capsys):
+    """Published weights name no training data: calibration and gate both use --calib-data's."""
+    _, meta = source
+    other = "shapes:train=10,val=5,seed=3"  # other images than the checkpoint's own validation split
+    assert gate_spec(meta, other) is None  # the checkpoint names its dataset: the gate scores on that
+    bare = type(meta).from_json(meta.to_json())
+    bare.provenance = {k: v for k, v in bare.provenance.items() if k not in ("dataset", "val_dataset")}
+    assert gate_spec(bare, other) == other
+    truth = _truth(_val(other, 5))  # perfect on `other`'s validation images, and on those only
+    assert map_gate(_Fixed(bare, truth), _Fixed(bare, list(truth)), bare, "INT8", 5, 0.0, spec=other).passed
+    own = _truth(_val(meta.provenance["dataset"], 5))
+    result = map_gate(_Fixed(meta, own), _Fixed(meta, truth), meta, "INT8", 5, 0.0, spec=other)
+    assert result.map_fp32 == pytest.approx(1.0) and result.map_test < 0.5  # scored on `other`, not the own split
+    assert "shapes" in capsys.readouterr().out
 
 
 def test_exporter_commands_write_gated_int8_artifacts(run, tmp_path):
