@@ -88,6 +88,7 @@ def calibration_set(meta: ModelMeta, images: int = DEFAULT_IMAGES, spec: str | N
 
     if images < MIN_IMAGES:
         raise CalibrationError(f"--calib-images {images}: at least {MIN_IMAGES} images are needed")
+    named = spec is not None  # a dataset known by name (coco-train2017) is downloaded only when asked for
     if spec is None:
         spec = meta.provenance.get("dataset")
         if not spec:
@@ -97,7 +98,7 @@ def calibration_set(meta: ModelMeta, images: int = DEFAULT_IMAGES, spec: str | N
     else:
         val = None
     try:
-        dataset = build_datasets(spec, val)[0]
+        dataset = build_datasets(spec, val, download=named)[0]
     except (DatasetError, OSError) as e:
         raise CalibrationError(f"calibration data {spec!r}: {first_line(e)}") from None
     if len(dataset) == 0:

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help=CHECKPOINT_HELP + "; coco with --arch")
-    p.add_argument("--out", type=Path, help="output .onnx (default: model.onnx / model.trt.onnx beside the checkpoint)")
+    p.add_argument("--out", type=Path, help="output .onnx (default: model.onnx / model.trt.onnx beside the checkpoint; model.int8.onnx / model.trt.int8.onnx with --int8)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
