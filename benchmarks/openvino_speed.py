@@ -11,7 +11,7 @@ network and the fixed-size post-processing.
 Reports, all with --threads threads:
 - end-to-end latency (decoded image in memory -> boxes in original pixels), batch 1, of
   torchvision's eager forward and of the IR (LATENCY hint, fp32, INFERENCE_PRECISION_HINT f32),
-  alternating in rounds (benchmarks.timing) after warm-up; p50/p90 per image and the p50 ratio;
+  in back-to-back blocks alternating across rounds (benchmarks.timing) after warm-up; p50/p90 per image and the p50 ratio;
 - images/s of the latency mode (one request at a time) and of the throughput mode
   (THROUGHPUT hint, AsyncInferQueue through detect_stream);
 - start-up in a fresh process, import + load + compile and first inference apart, without
@@ -27,8 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import system, timing
-from benchmarks.run import add_speed_args, check_speed_args, exported_onnx, newer_than
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/openvino_speed.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import system, timing  # noqa: E402
+from benchmarks.run import add_speed_args, check_speed_args, exported_onnx, newer_than  # noqa: E402
 
 
 def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path]:
@@ -73,10 +77,9 @@ def main(argv=None) -> int:
     throughput = OpenVINODetector(xml, mode="throughput", threads=a.threads, cache_dir=None)
     list(throughput.detect_stream(stream[: throughput.requests]))  # warm-up every request
     print(f"images/s: latency mode (one request) vs throughput mode, {a.stream_images} images per run")
-    runs = timing.interleaved({"latency": lambda: [latency(im) for im in stream],
-                               "throughput": lambda: list(throughput.detect_stream(stream))},
-                              0, a.stream_rounds, desc="images/s")
-    rates = {f"{mode}_img_s": a.stream_images / statistics.median(ts) for mode, ts in runs.items()}
+    modes = {"latency": lambda: [latency(im) for im in stream], "throughput": lambda: list(throughput.detect_stream(stream))}
+    runs = timing.blocks(modes, [1] * a.stream_rounds, warmup=0, block_warmup=0, desc="images/s")
+    rates = {f"{mode}_img_s": a.stream_images / statistics.median(timing.samples(runs, mode)) for mode in modes}
     rates.update(throughput_requests=throughput.requests,
                  throughput_streams=int(throughput.compiled.get_property("NUM_STREAMS")))
 

@@ -5,14 +5,29 @@
     python benchmarks/run.py --model runs/my-run --runtime onnxruntime,openvino
     python benchmarks/run.py --model random:resnet50_fpn --eval-images 0 --iters 5   # R50 speed only
     python benchmarks/run.py --model torchvision:resnet50_fpn --data coco-val2017    # torchvision's COCO box AP
+    python benchmarks/run.py --model model.onnx               # one artifact alone: .onnx, .xml (or its folder), .engine
+    python benchmarks/run.py --cross-check                    # and each runtime's own tool beside our figure
 
 With no --model, the default tiny model is trained on the built-in shapes data (or reused
-from runs/default-tiny). Each runtime gets its artifact exported from the checkpoint, then:
-status, artifact size, COCO mAP/AP50 (pycocotools, detections saved as COCO JSON), parity
-against the PyTorch deploy graph, model-only and end-to-end latency p50/p90/p99 (warm-up,
-runtimes alternating in rounds), throughput, peak memory and start-up time (each in a fresh
-process). Writes results.json (with hardware and versions), report.md and a latency-vs-mAP
-plot; exits 1 when a runtime's mAP falls below the reference by more than --max-map-drop.
+from runs/default-tiny). Each row (a runtime at a precision, see ROWS) gets its artifact
+exported from the checkpoint, then: status, artifact size, COCO mAP/AP50 (pycocotools,
+detections saved as COCO JSON), parity against the PyTorch deploy graph, latency model only
+and end to end (p50/p90/p99 and coefficient of variation), throughput, peak memory and
+start-up time (each in a fresh process).
+
+Latency is timed as benchmark_app and trtexec time it (benchmarks.timing): back-to-back
+blocks of calls, one block per row per round, the rows' order rotating across rounds, an idle
+pause and an untimed call before each block; model only is read inside the same end-to-end
+calls, so end to end >= model only by construction (a row where not is flagged). A row whose
+coefficient of variation exceeds --cv-warn gets a warning. --cross-check then runs OpenVINO's
+benchmark_app, ONNX Runtime's own profiler and trtexec (where TensorRT is installed) on the
+same artifacts, threads, precision and canvas, and prints their medians next to ours.
+
+--model naming an artifact benchmarks it alone: mAP on --data (default: the dataset its
+metadata names) and latency; ONNX Runtime, OpenVINO and TensorRT artifacts import no torch.
+
+Writes results.json (with hardware and versions), report.md, latency_vs_map.png and
+speedup.png; exits 1 when a runtime's mAP falls below the reference by more than --max-map-drop.
 """
 from __future__ import annotations
 
@@ -23,8 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, not the repo, on the path
@@ -32,26 +48,94 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, no
 
 from benchmarks import report, system, timing  # noqa: E402
 from exporters.cli import fail  # noqa: E402
-from runtimes.base import first_line  # noqa: E402
+from runtimes.base import ModelLoadError, first_line  # noqa: E402
 
 DEFAULT_RUN = Path("runs/default-tiny")
-ALL = ("torch", "onnxruntime", "openvino", "tensorrt")
-THREADED = ("torch", "torchvision", "onnxruntime", "openvino")
+THREADED = ("torch", "torchvision", "onnxruntime", "openvino")  # runtimes that take a thread count
+
+
+# ------------------------------------------------------------------ the rows
+@dataclass(frozen=True)
+class RowKind:
+    """A kind of row: a runtime at a precision, how its artifact is made from the checkpoint
+    (`make(artifacts, kind) -> path`; None: the checkpoint itself) and the extra runtimes.load
+    options it runs with. A new precision or runtime is one more entry in ROWS."""
+
+    name: str  # what the table shows
+    runtime: str  # runtimes.load's runtime
+    precision: str = "fp32"
+    make: Callable[["Artifacts", "RowKind"], Path] | None = None
+    options: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass
 class Row:
-    name: str  # what the table shows
-    runtime: str  # runtimes.load's runtime
-    precision: str = "fp32"
+    kind: RowKind
     artifact: Path | None = None
     status: str = "ok"
     detector: object = None
     result: dict = field(default_factory=dict)
 
+    name = property(lambda self: self.kind.name)
+    runtime = property(lambda self: self.kind.runtime)
+    precision = property(lambda self: self.kind.precision)
+
     @property
     def key(self) -> str:
         return f"{self.name}-{self.precision}"
+
+
+class Artifacts:
+    """The exported files of one checkpoint in `work`, each written once and reused while newer
+    than the checkpoint."""
+
+    def __init__(self, checkpoint: Path, model, meta, work: Path, batch: int):
+        self.checkpoint, self.model, self.meta, self.work, self.batch = Path(checkpoint), model, meta, work, batch
+
+    def fresh(self, path: Path) -> bool:
+        return newer_than(path, self.checkpoint)
+
+    def onnx(self) -> Path:
+        """Standard-flavour ONNX at the run's batch."""
+        path = self.work / f"model.b{self.batch}.onnx"
+        if not self.fresh(path):
+            from exporters.onnx import export_onnx
+
+            print(f"exporting ONNX -> {path} ...", flush=True)
+            export_onnx(self.model, self.meta, path, batch=self.batch)
+        return path
+
+    def openvino(self, precision: str) -> Path:
+        """An IR converted from onnx(), its weights in fp32 or compressed to fp16 ("fp16-weights")."""
+        xml = self.work / f"openvino-{precision}" / "model.xml"
+        source = self.onnx()
+        if not self.fresh(xml):
+            from exporters.openvino import convert
+
+            print(f"converting to OpenVINO IR ({precision}) -> {xml} ...", flush=True)
+            convert(source, xml, fp16_weights=precision == "fp16-weights")
+        return xml
+
+    def tensorrt(self, precision: str) -> Path:
+        engine = self.work / f"model.{precision}.engine"
+        if not self.fresh(engine):
+            from exporters.trt import build_from_checkpoint
+
+            print(f"building TensorRT engine ({precision}) -> {engine} ...", flush=True)
+            build_from_checkpoint(self.model, self.meta, engine, fp16=precision == "fp16", batch=self.batch)
+        return engine
+
+
+ROWS = (
+    RowKind("torchvision", "torchvision"),  # torchvision's eager model: the speed baseline
+    RowKind("torch", "torch"),  # the PyTorch deploy graph: the parity reference
+    RowKind("onnxruntime", "onnxruntime", make=lambda art, kind: art.onnx()),
+    RowKind("openvino", "openvino", make=lambda art, kind: art.openvino(kind.precision)),
+    RowKind("openvino", "openvino", "fp16-weights", make=lambda art, kind: art.openvino(kind.precision)),
+    RowKind("tensorrt", "tensorrt", "fp16", make=lambda art, kind: art.tensorrt(kind.precision)),
+)
+ALWAYS = ("torchvision", "torch")  # the baseline and the reference join every checkpoint run
+ALL = tuple(dict.fromkeys(k.runtime for k in ROWS if k.runtime != "torchvision"))  # what --runtime selects
 
 
 # ------------------------------------------------------------------ model and artifacts
@@ -143,18 +227,39 @@ def exported_onnx(work: Path, checkpoint: str | None = None) -> tuple[Path, Path
     return checkpoint, onnx_path
 
 
-def plan(wanted: list[str], device: str) -> list[Row]:
-    """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
-    graph (the parity reference), then each requested runtime and precision."""
+def resolve_model(spec: str | None) -> tuple[Path | None, Row | None]:
+    """--model as (checkpoint, None) or (None, the artifact's row).
+
+    A run dir, checkpoint, .pth, random:ARCH or named weights (torchvision:ARCH, a URL) is a
+    checkpoint; an .onnx, .xml (or a folder holding one) or .engine is an artifact, benchmarked
+    alone by the runtime runtimes.load picks for it. More kinds of artifact (a triton:// model, issue 15) plug in here."""
+    if not spec:
+        return default_model(), None
+    if spec.startswith("random:"):
+        return random_model(spec.split(":", 1)[1], Path("runs/bench-models")), None
+    if not Path(spec).exists():  # a file or folder here is what it names; only then weights to fetch
+        from trainer.weights import is_named  # (imports torch: never for an artifact that exists)
+
+        if is_named(spec):
+            return pretrained_model(spec, Path("runs/bench-models")), None
+        fail(f"{spec}: no such model")
     import runtimes
 
-    rows = [Row("torchvision", "torchvision"), Row("torch", "torch")]
-    if "onnxruntime" in wanted:
-        rows.append(Row("onnxruntime", "onnxruntime"))
-    if "openvino" in wanted:
-        rows += [Row("openvino", "openvino"), Row("openvino", "openvino", "fp16-weights")]
-    if "tensorrt" in wanted:
-        rows.append(Row("tensorrt", "tensorrt", "fp16"))
+    try:
+        runtime = runtimes.runtime_for(spec)
+    except ModelLoadError as e:
+        fail(first_line(e))
+    if runtime == "torch":
+        return Path(spec), None
+    return None, Row(RowKind(runtime, runtime), artifact=Path(spec))
+
+
+def plan(wanted: list[str], device: str) -> list[Row]:
+    """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
+    graph (the parity reference), then each requested runtime's rows from ROWS."""
+    import runtimes
+
+    rows = [Row(kind) for kind in ROWS if kind.runtime in ALWAYS or kind.runtime in wanted]
     for row in rows:
         reason = runtimes.unavailable(row.runtime, device)
         if reason:
@@ -162,42 +267,17 @@ def plan(wanted: list[str], device: str) -> list[Row]:
     return rows
 
 
-def export_all(rows: list[Row], checkpoint: Path, model, meta, work: Path, batch: int) -> None:
-    """Write each row's artifact (of `model`, loaded from `checkpoint`) into `work`, reused when
-    newer than the checkpoint."""
-    fresh = lambda p: newer_than(p, Path(checkpoint))  # noqa: E731
-    onnx_path = work / f"model.b{batch}.onnx"
+def export_all(rows: list[Row], artifacts: Artifacts) -> None:
+    """Each row's artifact, made by its kind (the checkpoint itself for the PyTorch rows)."""
     for row in rows:
         if row.status != "ok":
             continue
-        if row.runtime in ("torch", "torchvision"):
-            row.artifact = Path(checkpoint)
+        if row.kind.make is None:
+            row.artifact = artifacts.checkpoint
             continue
         t0 = time.perf_counter()
         try:
-            if row.runtime in ("onnxruntime", "openvino") and not fresh(onnx_path):
-                from exporters.onnx import export_onnx
-
-                print(f"exporting ONNX -> {onnx_path} ...", flush=True)
-                export_onnx(model, meta, onnx_path, batch=batch)
-            if row.runtime == "onnxruntime":
-                row.artifact = onnx_path
-            elif row.runtime == "openvino":
-                from exporters.openvino import convert
-
-                xml = work / f"openvino-{row.precision}" / "model.xml"
-                if not fresh(xml):
-                    print(f"converting to OpenVINO IR ({row.precision}) -> {xml} ...", flush=True)
-                    convert(onnx_path, xml, fp16_weights=row.precision == "fp16-weights")
-                row.artifact = xml
-            elif row.runtime == "tensorrt":
-                from exporters.trt import build_from_checkpoint
-
-                engine = work / f"model.{row.precision}.engine"
-                if not fresh(engine):
-                    print(f"building TensorRT engine ({row.precision}) -> {engine} ...", flush=True)
-                    build_from_checkpoint(model, meta, engine, fp16=row.precision == "fp16", batch=batch)
-                row.artifact = engine
+            row.artifact = row.kind.make(artifacts, row.kind)
         except Exception as e:
             row.status = f"export failed: {first_line(e)}"
             continue
@@ -209,27 +289,34 @@ def artifact_mb(path: Path) -> float:
     if path.suffix == ".xml":
         files.append(path.with_suffix(".bin"))
     if path.is_dir():
-        files = [path / "model.safetensors"]
-    return sum(f.stat().st_size for f in files if f.exists()) / 2**20
+        files = [path / "model.safetensors"] if (path / "model.safetensors").exists() else list(path.iterdir())
+    return sum(f.stat().st_size for f in files if f.exists() and f.is_file()) / 2**20
+
+
+def load_options(row: Row, threads: int) -> dict:
+    return {**({"threads": threads} if row.runtime in THREADED else {}), **row.kind.options}
 
 
 # ------------------------------------------------------------------ measurements
 def probe(row: Row, device: str, threads: int, batch: int) -> None:
     """Start-up time (imports + load + first inference) and peak RSS, in a fresh process."""
-    opts = {"threads": threads} if row.runtime in THREADED else {}
     try:
-        row.result.update(timing.fresh_start(row.artifact, row.runtime, device, batch, **opts))
+        row.result.update(timing.fresh_start(row.artifact, row.runtime, device, batch, **load_options(row, threads)))
     except RuntimeError as e:
         row.status = f"load failed: {e}"
 
 
 def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path) -> None:
-    """Detections of every row on the evaluation images -> COCO JSON, mAP, parity vs the deploy graph."""
+    """Detections of every row on the evaluation images -> COCO JSON, mAP, parity vs the deploy graph.
+    Scored against the ground truth of exactly these images (written to ground_truth.json): the
+    rest of the split, never run, would count as misses."""
     from tqdm import tqdm
 
-    from runtimes.coco import evaluate, to_coco_results
+    from runtimes.coco import evaluate, restrict, to_coco_results
     from runtimes.parity import compare
 
+    gt = restrict(gt, ids)
+    (out / "ground_truth.json").write_text(json.dumps(gt))
     dets = {}
     for row in rows:
         found = []
@@ -253,23 +340,39 @@ def accuracy(rows: list[Row], images, gt, ids, meta, batch: int, out: Path) -> N
             row.status = "parity failed: " + "; ".join(rep.failures())
 
 
-def latency(rows: list[Row], images, batch: int, warmup: int, iters: int | None, seconds: float | None) -> None:
-    """Model-only (canvas batch in -> padded outputs) and end-to-end (images -> boxes in image pixels)."""
-    sample = [images[i % len(images)] for i in range(batch)]
-    canvases = {row.key: row.detector.prepare(sample)[0] for row in rows}
-    model_calls = {row.key: (lambda r=row: r.detector.infer_batched(canvases[r.key])) for row in rows}
-    e2e_calls = {row.key: (lambda r=row: r.detector(sample)) for row in rows}
-    for kind, calls in (("latency_model", model_calls), ("latency_e2e", e2e_calls)):
-        times = timing.interleaved(calls, warmup, iters, seconds, desc=kind.replace("_", " "))
-        for row in rows:
-            row.result[kind] = timing.percentiles(times[row.key])
+def latency(rows: list[Row], sample: list, a) -> None:
+    """Model-only (canvas batch in -> padded outputs) and end-to-end (images -> boxes in image
+    pixels) latency of every row, both from the same calls, timed in alternating blocks."""
+    calls = {row.key: timing.staged(row.detector, sample) for row in rows}
+    done = timing.blocks(calls, timing.split(a.iters, a.rounds) if a.iters else [0] * a.rounds, a.warmup,
+                         a.block_warmup, seconds=a.seconds, desc="latency")
     for row in rows:
-        e2e = row.result["latency_e2e"]
-        row.result["throughput"] = batch / (e2e["mean_ms"] / 1000) if e2e else None
+        model, e2e = (timing.percentiles(timing.samples(done, row.key, s)) for s in ("model", "e2e"))
+        row.result.update(latency_model=model, latency_e2e=e2e, throughput=len(sample) / (e2e["mean_ms"] / 1000),
+                          flags=timing_flags(model, e2e, a.cv_warn))
     base = next((r for r in rows if r.runtime == "torchvision"), None)
     for row in rows:
         if base is not None:
-            row.result["speedup"] = base.result["latency_e2e"]["p50_ms"] / row.result["latency_e2e"]["p50_ms"]
+            for kind in ("model", "e2e"):
+                ref, mine = base.result[f"latency_{kind}"], row.result[f"latency_{kind}"]
+                row.result[f"speedup_{kind}"] = ref["p50_ms"] / mine["p50_ms"]
+            row.result["speedup"] = row.result["speedup_e2e"]
+    for row in rows:
+        for flag in row.result["flags"]:
+            print(f"warning: {row.name} {row.precision} timing is {flag}" + (
+                f" (above --cv-warn {a.cv_warn:.0%}): other jobs or clock changes; rerun, or raise --iters"
+                if flag.startswith("unstable") else ""), file=sys.stderr)
+
+
+def timing_flags(model: dict, e2e: dict, cv_warn: float) -> list[str]:
+    """What the table flags in a row's timing: a coefficient of variation above `cv_warn`, and
+    end to end faster than model only at any percentile (the method excludes it: a flag is a bug)."""
+    flags = []
+    if timing.unstable(model, cv_warn) or timing.unstable(e2e, cv_warn):
+        flags.append(f"unstable: coefficient of variation {model['cv']:.1%} model only, {e2e['cv']:.1%} end to end")
+    if any(e2e[p] < model[p] for p in ("p50_ms", "p90_ms", "p99_ms")):
+        flags.append("e2e < model")
+    return flags
 
 
 def tolerances(precision: str):
@@ -283,21 +386,30 @@ def tolerances(precision: str):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="run dir, checkpoint, .pth, random:ARCH, or named weights (torchvision:resnet50_fpn, "
-                                   "_v2, mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn; a URL) "
-                                   "(default: the tiny shapes model)")
-    p.add_argument("--runtime", default="all", help="torch, onnxruntime, openvino, tensorrt, a comma list, or all")
+    p.add_argument("--model", help="run dir, checkpoint, .pth, random:ARCH, named weights (torchvision:resnet50_fpn, "
+                                   "_v2, mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn; a URL), or an "
+                                   "artifact: .onnx, .xml, .engine (default: the tiny shapes model)")
+    p.add_argument("--runtime", default="all", help=f"{', '.join(ALL)}, a comma list, or all (default all)")
     p.add_argument("--data", help="evaluation data, any trainer --data spec, e.g. coco-val2017[:DIR] (found under "
-                                  "DIR or $COCO_ROOT, else downloaded) (default: the checkpoint's dataset, its "
+                                  "DIR or $COCO_ROOT, else downloaded) (default: the model's dataset, its "
                                   "validation split)")
     p.add_argument("--eval-images", type=int, help="images for mAP/parity (default: the whole validation split; 0: skip)")
     p.add_argument("--batch", type=int, default=1, help="batch size for export and timing (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads per runtime (default: all cores)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per runtime first (default 3)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--iters", type=int, help="timed rounds (default 20)")
-    g.add_argument("--seconds", type=float, help="time rounds for this long instead of --iters")
+    t = p.add_argument_group("timing (benchmarks.timing)")
+    t.add_argument("--warmup", type=int, default=3, help="untimed calls per row before the first round (default 3)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--iters", type=int, help="timed calls per row, spread over the rounds (default 40)")
+    g.add_argument("--seconds", type=float, help="time each row for about this long instead of --iters")
+    t.add_argument("--rounds", type=int, default=4, help="blocks per row, the rows alternating (default 4)")
+    t.add_argument("--block-warmup", type=int, default=1,
+                   help="untimed calls at the start of each block, after the idle pause (default 1)")
+    t.add_argument("--cv-warn", type=float, default=timing.UNSTABLE_CV,
+                   help=f"warn when a row's coefficient of variation exceeds this (default {timing.UNSTABLE_CV})")
+    p.add_argument("--cross-check", action="store_true",
+                   help="also run each runtime's own tool (benchmark_app, ONNX Runtime's profiler, trtexec) "
+                        "on the same artifact and print both figures")
     p.add_argument("--max-map-drop", type=float, default=0.01,
                    help="exit 1 when a runtime's mAP is below the reference's by more than this (default 0.01)")
     p.add_argument("--out", type=Path, help="results folder (default runs/bench/HOST-TIME)")
@@ -306,10 +418,12 @@ def parse_args(argv):
     bad = [r for r in a.runtimes if r not in ALL]
     if bad:
         p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(ALL)} or all")
-    if a.batch < 1 or a.threads < 1:
-        p.error("--batch and --threads must be at least 1")
+    if a.batch < 1 or a.threads < 1 or a.rounds < 1:
+        p.error("--batch, --threads and --rounds must be at least 1")
+    if a.warmup < 0 or a.block_warmup < 0 or (a.iters is not None and a.iters < 1) or (a.seconds or 1) <= 0:
+        p.error("--warmup and --block-warmup must be at least 0, --iters at least 1, --seconds positive")
     if a.iters is None and a.seconds is None:
-        a.iters = 20
+        a.iters = 40
     return a
 
 
@@ -325,67 +439,82 @@ def main(argv=None) -> int:
             validation_set(a.data)
         except DatasetError as e:
             fail(first_line(e))
-    from trainer.weights import is_named
-
-    if a.model and a.model.startswith("random:"):
-        checkpoint = random_model(a.model.split(":", 1)[1], Path("runs/bench-models"))
-    elif a.model and is_named(a.model):
-        checkpoint = pretrained_model(a.model, Path("runs/bench-models"))
-    elif a.model:
-        if not Path(a.model).exists():
-            fail(f"{a.model}: no such model")
-        checkpoint = Path(a.model)
-    else:
-        checkpoint = default_model()
-
-    import torch
-
-    torch.set_num_threads(a.threads)
+    checkpoint, artifact = resolve_model(a.model)
     import runtimes
-    from exporters.cli import load_source
-    from exporters.verify import sample_images
 
-    model, meta = load_source(str(checkpoint))
-    rows = plan(a.runtimes, a.device)
+    if artifact:  # one artifact alone: no checkpoint, no torch unless the artifact's runtime is torch
+        rows = [artifact]
+        reason = runtimes.unavailable(artifact.runtime, a.device)
+        if reason:
+            fail(f"{artifact.artifact}: {artifact.runtime} {reason}")
+    else:
+        import torch
+
+        from exporters.cli import load_source
+
+        torch.set_num_threads(a.threads)
+        model, meta = load_source(str(checkpoint))
+        rows = plan(a.runtimes, a.device)
+        out.mkdir(parents=True, exist_ok=True)
+        export_all(rows, Artifacts(checkpoint, model, meta, out / "artifacts", a.batch))
+        del model  # every runtime loads its own from the artifact
     out.mkdir(parents=True, exist_ok=True)
-    export_all(rows, checkpoint, model, meta, out / "artifacts", a.batch)
-    del model  # every runtime loads its own from the artifact
-    live = [r for r in rows if r.status == "ok"]
-    for row in live:
+    for row in [r for r in rows if r.status == "ok"]:
+        try:
+            row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **load_options(row, a.threads))
+        except ModelLoadError as e:
+            if row is artifact:
+                fail(first_line(e))
+            row.status = f"load failed: {first_line(e)}"
+            continue
         row.result["size_mb"] = artifact_mb(row.artifact)
         probe(row, a.device, a.threads, a.batch)
     live = [r for r in rows if r.status == "ok"]
-    for row in live:
-        opts = {"threads": a.threads} if row.runtime in THREADED else {}
-        row.detector = runtimes.load(row.artifact, device=a.device, runtime=row.runtime, **opts)
+    if artifact and not live:
+        fail(f"{artifact.artifact}: {artifact.status}")
+    if artifact:
+        meta = artifact.detector.meta
+        artifact.kind = replace(artifact.kind, precision=meta.export.get("precision", "fp32"))
 
     if a.data:
-        meta.provenance = dict(meta.provenance, dataset=a.data, val_dataset=None)
+        meta = replace(meta, provenance=dict(meta.provenance, dataset=a.data, val_dataset=None))
+    from exporters.verify import sample_images
+
     n_eval = a.eval_images if a.eval_images is not None else 10**9
     images, gt, ids, source = sample_images(meta, max(n_eval, a.batch))
     if n_eval and gt is not None:
-        print(f"accuracy on {source}")
-        accuracy(live, images[:n_eval], gt, ids[:n_eval], meta, a.batch, out)
-        (out / "ground_truth.json").write_text(json.dumps(gt))
+        ids = ids[:n_eval]
+        print(f"accuracy on {source.split(' (')[0]} ({len(ids)} images)")
+        accuracy(live, images[:n_eval], gt, ids, meta, a.batch, out)
     elif n_eval:
         print(f"no ground truth for {meta.arch}'s classes here: mAP and parity skipped (timing on {source})")
-    print(f"timing {len(live)} runtimes: batch {a.batch}, {a.threads} threads, {a.warmup} warm-up, "
-          f"{a.iters or str(a.seconds) + ' s'} rounds")
-    latency(live, images, a.batch, a.warmup, a.iters, a.seconds)
+    sample = [images[i % len(images)] for i in range(a.batch)]
+    print(f"timing {len(live)} rows: batch {a.batch}, {a.threads} threads, {a.warmup} warm-up, "
+          f"{a.iters or str(a.seconds) + ' s'} timed calls in {a.rounds} alternating blocks")
+    latency(live, sample, a)
+    checks = []
+    if a.cross_check:
+        from benchmarks import crosscheck
 
-    settings = dict(model=str(checkpoint), arch=meta.arch, canvas=list(meta.canvas), batch=a.batch, device=a.device,
-                    threads=a.threads, warmup=a.warmup, iters=a.iters, seconds=a.seconds,
-                    eval_images=len(ids[:n_eval]) if (n_eval and gt is not None) else 0)
-    result = dict(system=system.describe(), settings=settings,
+        checks = crosscheck.run(rows, sample, a.threads, a.iters or 40, a.rounds, out / "cross-check",
+                                lambda row: load_options(row, a.threads))
+        print()
+        print(crosscheck.table(checks))
+
+    settings = dict(model=str(checkpoint or artifact.artifact), arch=meta.arch, canvas=list(meta.canvas),
+                    batch=a.batch, device=a.device, threads=a.threads, warmup=a.warmup, iters=a.iters,
+                    seconds=a.seconds, rounds=a.rounds, block_warmup=a.block_warmup, settle_s=timing.SETTLE_S,
+                    eval_images=len(ids) if (n_eval and gt is not None) else 0,
+                    dataset=meta.provenance.get("dataset"))
+    result = dict(system=system.describe(), settings=settings, cross_check=checks,
                   rows=[dict(name=r.name, precision=r.precision, runtime=r.runtime, status=r.status,
                              artifact=str(r.artifact) if r.artifact else None, **r.result) for r in rows])
     (out / "results.json").write_text(json.dumps(result, indent=2))
     title = f"{meta.arch} {meta.canvas[0]}x{meta.canvas[1]}, batch {a.batch}, {a.device}, {a.threads} threads"
-    (out / "report.md").write_text(report.markdown([result], f"frcnn-deploy benchmark: {title}"))
-    report.plot([result], out / "latency_vs_map.png", title)
+    report.write(out, [result], f"frcnn-deploy benchmark: {title}", title)
     print()
     print(report.table(result["rows"]))
-    print(f"\nwrote {out}/results.json, report.md, latency_vs_map.png")
+    print(f"\nwrote {out}/results.json, report.md, {', '.join(report.PLOTS)}")
     return gate(result["rows"], a.max_map_drop)
 
 

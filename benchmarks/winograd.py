@@ -6,8 +6,8 @@ Without --checkpoint, a randomly initialised R50-FPN with COCO's classes (800x13
 --work-dir and exported to ONNX once; later runs reuse it.
 
 1. Every distinct 3x3 convolution that runtimes.winograd can rewrite, whatever its size, as a
-   one-node graph with the model's weights and input shape: direct and rewritten, alternating in
-   rounds (benchmarks.timing); p50 of each, the speed-up, the largest output difference relative
+   one-node graph with the model's weights and input shape: direct and rewritten, in blocks of 3 calls
+   alternating across rounds (benchmarks.timing); p50 of each, the speed-up, the largest output difference relative
    to the output's range, and whether the rewrite's thresholds (MIN_CHANNELS, MIN_TILES) pick it.
 2. The whole model end to end (image in memory -> boxes in image pixels), batch 1, through the
    ONNX Runtime adapter with winograd=False and with the default rewrite, alternating; then the
@@ -65,16 +65,16 @@ def per_conv(onnx_path: Path, threads: int, warmup: int, rounds: int) -> list[di
         x = np.random.default_rng(0).standard_normal((1, *chw)).astype(np.float32)
         sessions = {kind: one_conv(node, w, bias, chw, kind == "winograd", threads) for kind in ("direct", "winograd")}
         outs = {kind: s.run(None, {"x": x})[0] for kind, s in sessions.items()}
-        times = timing.interleaved({k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()},
-                                   warmup, rounds, desc=f"{chw[0]}x{chw[1]}x{chw[2]}")
-        p50 = {k: timing.percentiles(t)["p50_ms"] for k, t in times.items()}
+        done = timing.blocks({k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()},
+                             timing.split(rounds * 3, rounds), warmup, desc=f"{chw[0]}x{chw[1]}x{chw[2]}")
+        p50 = {k: timing.percentiles(timing.samples(done, k))["p50_ms"] for k in sessions}
         c, h, wd = chw
         rows.append(dict(cin=c, cout=int(w.shape[0]), h=h, w=wd, tiles=-(-h // 4) * -(-wd // 4),
                          direct_ms=p50["direct"], winograd_ms=p50["winograd"],
                          speedup=p50["direct"] / p50["winograd"],
                          rel_err=float(np.abs(outs["winograd"] - outs["direct"]).max() / np.abs(outs["direct"]).max()),
                          picked=node.output[0] in picked))
-    print(f"\nper convolution (3x3, stride 1), {threads} threads, p50 of {rounds} rounds; "
+    print(f"\nper convolution (3x3, stride 1), {threads} threads, p50 of {rounds} blocks of 3 calls; "
           f"picked = at least {MIN_CHANNELS} channels and {MIN_TILES} tiles")
     print(f"  {'Cin->Cout':>10s} {'HxW':>9s} {'tiles':>6s} {'direct ms':>10s} {'winograd ms':>12s} "
           f"{'speed-up':>9s} {'rel err':>8s}  picked")

@@ -45,6 +45,16 @@ def load_gt(gt):
     return coco
 
 
+def restrict(gt, image_ids) -> dict:
+    """The ground truth (a COCO dict, path or object) of only the given images, as a COCO dict:
+    scored against a whole split, the images not run would count as misses."""
+    coco = load_gt(gt)
+    keep = set(int(i) for i in image_ids)
+    return dict(images=[im for im in coco.dataset["images"] if im["id"] in keep],
+                annotations=[a for a in coco.dataset["annotations"] if a["image_id"] in keep],
+                categories=coco.dataset["categories"])
+
+
 def evaluate(gt, results: list[dict] | str | Path, verbose: bool = False) -> dict:
     """COCO bbox evaluation; returns {name: value} for the 12 standard numbers (-1 where undefined)."""
     from pycocotools.cocoeval import COCOeval

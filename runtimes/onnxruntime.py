@@ -69,7 +69,8 @@ def _providers(device: str) -> list:
     raise ModelLoadError(f"unknown device {device!r} for onnxruntime (use cpu, cuda or cuda:N)")
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, profile: str | None = None):
+    """profile: a file prefix; ONNX Runtime's profiler then records every run (session.end_profiling())."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -77,21 +78,26 @@ def session_options(threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile)
     return so
 
 
 class OnnxRuntimeDetector(Detector):
     runtime = "onnxruntime"
 
-    def __init__(self, path, device: str = "cpu", threads: int | None = None, winograd: bool | None = None):
-        """winograd: rewrite big 3x3 convolutions (default: on the CPU only; cuDNN picks its own algorithms)."""
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, winograd: bool | None = None,
+                 profile: str | None = None):
+        """winograd: rewrite big 3x3 convolutions (default: on the CPU only; cuDNN picks its own algorithms).
+        profile: file prefix for ONNX Runtime's profiler (benchmarks.crosscheck); off by default."""
         import onnxruntime as ort
 
         self.path = Path(path)
         self.device = device
         if not is_file(self.path):
             raise ModelLoadError(f"{self.path}: no such model file")
-        providers, so = _providers(device), session_options(threads)
+        providers, so = _providers(device), session_options(threads, profile)
         onnx = import_onnx()
         model = None  # the ModelProto, read where onnx is installed: plugin nodes and the rewrite need it
         if onnx is not None:

@@ -136,24 +136,13 @@ def compare(reference: list[Detections], test: list[Detections], thresholds: Thr
     report = ParityReport(images=len(reference), reference=sum(map(len, reference)), test=sum(map(len, test)),
                           matched=matched, max_box_px=box_dev, max_score=score_dev, thresholds=thresholds)
     if gt is not None:
-        from .coco import evaluate, to_coco_results
+        from .coco import evaluate, restrict, to_coco_results
 
         ids = image_ids if image_ids is not None else list(range(1, len(reference) + 1))
 
         def score(dets):
             results = [r for i, d in zip(ids, dets) for r in to_coco_results(i, d.boxes, d.scores, d.labels, category_ids)]
-            return evaluate(_restrict(gt, ids), results)["AP@[.5:.95]"]
+            return evaluate(restrict(gt, ids), results)["AP@[.5:.95]"]
 
         report.map_reference, report.map_test = score(reference), score(test)
     return report
-
-
-def _restrict(gt, image_ids):
-    """The ground truth of only the compared images (so unvisited images do not count as misses)."""
-    from .coco import load_gt
-
-    coco = load_gt(gt)
-    keep = set(int(i) for i in image_ids)
-    return dict(images=[im for im in coco.dataset["images"] if im["id"] in keep],
-                annotations=[a for a in coco.dataset["annotations"] if a["image_id"] in keep],
-                categories=coco.dataset["categories"])

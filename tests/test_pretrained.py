@@ -391,7 +391,7 @@ def test_failed_coco_download_is_one_line_and_leaves_nothing(case, coco_server, 
     checksum = coco2017.Checksum("md5", "0" * 32) if case == "md5 mismatch" else a.checksum
     monkeypatch.setitem(coco2017.ARCHIVES, "val2017", coco2017.Archive(url, checksum, a.members))
     ckpt = tmp_path / "ckpt"
-    from conftest import make_tiny_checkpoint
+    from tests.conftest import make_tiny_checkpoint
 
     make_tiny_checkpoint(ckpt)
     assert eval_main(["--checkpoint", str(ckpt), "--data", f"coco-val2017:{tmp_path / 'coco'}"]) == 2
