@@ -7,6 +7,8 @@
     python benchmarks/run.py --model torchvision:resnet50_fpn --data coco-val2017    # torchvision's COCO box AP
     python benchmarks/run.py --model model.onnx               # one artifact alone: .onnx, .xml (or its folder), .engine
     python benchmarks/run.py --cross-check                    # and each runtime's own tool beside our figure
+    python benchmarks/run.py --runtime onnxruntime,triton --triton-url triton://127.0.0.1:8000/frcnn_tiny
+    python benchmarks/run.py --model triton://127.0.0.1:8000/frcnn_tiny   # a served model alone
 
 With no --model, the default tiny model is trained on the built-in shapes data (or reused
 from runs/default-tiny). Each row (a runtime at a precision, see ROWS) gets its artifact
@@ -29,6 +31,12 @@ the mAP gate below, their parity only reported. --precision picks the precisions
 
 --model naming an artifact benchmarks it alone: mAP on --data (default: the dataset its
 metadata names) and latency; ONNX Runtime, OpenVINO and TensorRT artifacts import no torch.
+
+A model served by Triton (exporters.triton, from an export of the same checkpoint) is a row
+like any other: --triton-url URL with --runtime ...,triton, or --model URL alone. It gets mAP,
+parity and latency as the others do (its size and export are the server's business), then the
+images/s of 1, 4 and 16 concurrent one-image clients, beside the direct ONNX Runtime adapter
+when that row is in the run (benchmarks.concurrency).
 
 Writes results.json (with hardware and versions), report.md, latency_vs_map.png and
 speedup.png; exits 1 when a runtime's mAP falls below the reference by more than --max-map-drop.
@@ -56,6 +64,7 @@ from runtimes.base import ModelLoadError, first_line  # noqa: E402
 
 DEFAULT_RUN = Path("runs/default-tiny")
 THREADED = ("torch", "torchvision", "onnxruntime", "openvino")  # runtimes that take a thread count
+SERVED = ("triton",)  # rows whose model runs on a server (--triton-url): not part of "all"
 
 
 # ------------------------------------------------------------------ the rows
@@ -75,7 +84,7 @@ class RowKind:
 @dataclass
 class Row:
     kind: RowKind
-    artifact: Path | None = None
+    artifact: Path | str | None = None  # a file, or a served model's URL
     status: str = "ok"
     detector: object = None
     result: dict = field(default_factory=dict)
@@ -93,9 +102,10 @@ class Artifacts:
     """The exported files of one checkpoint in `work`, each written once and reused while newer
     than the checkpoint."""
 
-    def __init__(self, checkpoint: Path, model, meta, work: Path, batch: int, calib_images: int = 300,
-                 calib_data: str | None = None):
+    def __init__(self, checkpoint: Path, model, meta, work: Path, batch: int, triton_url: str | None = None,
+                 calib_images: int = 300, calib_data: str | None = None):
         self.checkpoint, self.model, self.meta, self.work, self.batch = Path(checkpoint), model, meta, work, batch
+        self.triton_url = triton_url
         self.calib_images, self.calib_data = calib_images, calib_data
         self._calibration = None
 
@@ -165,6 +175,12 @@ class Artifacts:
             build_from_checkpoint(self.model, self.meta, engine, fp16=precision == "fp16", batch=self.batch)
         return engine
 
+    def triton(self) -> str:
+        """The served model (--triton-url): exported and served beforehand, by exporters.triton and a server."""
+        if not self.triton_url:
+            raise ValueError("--runtime triton needs --triton-url URL")
+        return self.triton_url
+
 
 ROWS = (
     RowKind("torchvision", "torchvision"),  # torchvision's eager model: the speed baseline
@@ -175,9 +191,10 @@ ROWS = (
     RowKind("onnxruntime", "onnxruntime", "int8", make=lambda art, kind: art.onnx_int8()),
     RowKind("openvino", "openvino", "int8", make=lambda art, kind: art.openvino_int8()),
     RowKind("tensorrt", "tensorrt", "fp16", make=lambda art, kind: art.tensorrt(kind.precision)),
+    RowKind("triton", "triton", make=lambda art, kind: art.triton()),
 )
 ALWAYS = ("torchvision", "torch")  # the baseline and the reference join every checkpoint run
-ALL = tuple(dict.fromkeys(k.runtime for k in ROWS if k.runtime != "torchvision"))  # what --runtime selects
+ALL = tuple(dict.fromkeys(k.runtime for k in ROWS if k.runtime not in ("torchvision", *SERVED)))  # "all"
 PRECISIONS = tuple(dict.fromkeys(k.precision for k in ROWS))  # what --precision selects
 GATED = ("int8",)  # precisions held by the mAP gate (exporters.gate), their parity reported only
 
@@ -276,9 +293,13 @@ def resolve_model(spec: str | None) -> tuple[Path | None, Row | None]:
 
     A run dir, checkpoint, .pth, random:ARCH or named weights (torchvision:ARCH, a URL) is a
     checkpoint; an .onnx, .xml (or a folder holding one) or .engine is an artifact, benchmarked
-    alone by the runtime runtimes.load picks for it. More kinds of artifact (a triton:// model, issue 15) plug in here."""
+    alone by the runtime runtimes.load picks for it, and so is a triton:// or triton+grpc:// URL."""
     if not spec:
         return default_model(), None
+    from runtimes.triton import is_triton_url
+
+    if is_triton_url(spec):  # a served model: no file, no torch
+        return None, Row(RowKind("triton", "triton"), artifact=spec)
     if spec.startswith("random:"):
         return random_model(spec.split(":", 1)[1], Path("runs/bench-models")), None
     if not Path(spec).exists():  # a file or folder here is what it names; only then weights to fetch
@@ -327,7 +348,8 @@ def export_all(rows: list[Row], artifacts: Artifacts) -> None:
         except Exception as e:
             row.status = f"export failed: {first_line(e)}"
             continue
-        row.result["export_s"] = time.perf_counter() - t0
+        if row.runtime not in SERVED:
+            row.result["export_s"] = time.perf_counter() - t0
 
 
 def artifact_mb(path: Path) -> float:
@@ -410,6 +432,23 @@ def latency(rows: list[Row], sample: list, a) -> None:
                 if flag.startswith("unstable") else ""), file=sys.stderr)
 
 
+def concurrent_clients(rows: list[Row], images: list, calls: int) -> None:
+    """Images/s of 1, 4 and 16 concurrent one-image clients of each row whose one detector serves
+    many threads (a served model, and the direct ONNX Runtime adapter to hold it against); only
+    when a served model is in the run."""
+    from benchmarks import concurrency
+
+    rows = [r for r in rows if r.runtime in concurrency.THREAD_SAFE]
+    if not any(r.runtime in SERVED for r in rows):
+        return
+    results = concurrency.throughput({r.key: r.detector for r in rows}, images, calls=calls)
+    print("concurrent one-image clients, images/s (median of rounds):")
+    for row in rows:
+        row.result["concurrent"] = {str(c): v for c, v in results[row.key].items()}
+        print(f"  {row.key:20s} " + "   ".join(f"{c:2d} clients {v['images_per_s']:6.1f}"
+                                               for c, v in results[row.key].items()))
+
+
 def timing_flags(model: dict, e2e: dict, cv_warn: float) -> list[str]:
     """What the table flags in a row's timing: a coefficient of variation above `cv_warn`, and
     end to end faster than model only at any percentile (the method excludes it: a flag is a bug)."""
@@ -436,8 +475,13 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="run dir, checkpoint, .pth, random:ARCH, named weights (torchvision:resnet50_fpn, "
                                    "_v2, mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn; a URL), or an "
-                                   "artifact: .onnx, .xml, .engine (default: the tiny shapes model)")
-    p.add_argument("--runtime", default="all", help=f"{', '.join(ALL)}, a comma list, or all (default all)")
+                                   "artifact: .onnx, .xml, .engine, a served triton://host:port/name (default: the tiny shapes model)")
+    p.add_argument("--runtime", default="all",
+                   help=f"{', '.join(ALL + SERVED)}, a comma list, or all (default all: all but {', '.join(SERVED)})")
+    p.add_argument("--triton-url", help="the served model of --runtime triton: triton://host:8000/name or "
+                                        "triton+grpc://host:8001/name (exporters.triton, from the same checkpoint)")
+    p.add_argument("--concurrent-calls", type=int, default=8,
+                   help="calls per client in the 1/4/16 concurrent-clients throughput of a served model (default 8)")
     p.add_argument("--precision", default="all",
                    help=f"{', '.join(PRECISIONS)}, a comma list, or all (default all); torchvision and the "
                         "PyTorch deploy graph always run in fp32")
@@ -471,9 +515,13 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, help="results folder (default runs/bench/HOST-TIME)")
     a = p.parse_args(argv)
     a.runtimes = list(ALL) if a.runtime == "all" else [r.strip() for r in a.runtime.split(",")]
-    bad = [r for r in a.runtimes if r not in ALL]
+    bad = [r for r in a.runtimes if r not in ALL + SERVED]
     if bad:
-        p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(ALL)} or all")
+        p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(ALL + SERVED)} or all")
+    if ("triton" in a.runtimes) != bool(a.triton_url):
+        p.error("--runtime ...,triton and --triton-url URL go together (or --model URL for the served model alone)")
+    if a.concurrent_calls < 1:
+        p.error("--concurrent-calls must be at least 1")
     a.precisions = list(PRECISIONS) if a.precision == "all" else [x.strip() for x in a.precision.split(",")]
     bad = [x for x in a.precisions if x not in PRECISIONS]
     if bad:
@@ -520,7 +568,8 @@ def main(argv=None) -> int:
         model, meta = load_source(str(checkpoint))
         rows = plan(a.runtimes, a.device, a.precisions)
         out.mkdir(parents=True, exist_ok=True)
-        export_all(rows, Artifacts(checkpoint, model, meta, out / "artifacts", a.batch, a.calib_images, a.calib_data))
+        export_all(rows, Artifacts(checkpoint, model, meta, out / "artifacts", a.batch, a.triton_url,
+                                   a.calib_images, a.calib_data))
         del model  # every runtime loads its own from the artifact
     out.mkdir(parents=True, exist_ok=True)
     for row in [r for r in rows if r.status == "ok"]:
@@ -531,7 +580,10 @@ def main(argv=None) -> int:
                 fail(first_line(e))
             row.status = f"load failed: {first_line(e)}"
             continue
-        row.result["size_mb"] = artifact_mb(row.artifact)
+        if row.runtime in SERVED:  # its precision is the served artifact's; its size the server's business
+            row.kind = replace(row.kind, precision=row.detector.meta.export.get("precision", "fp32"))
+        else:
+            row.result["size_mb"] = artifact_mb(row.artifact)
         probe(row, a.device, a.threads, a.batch)
     live = [r for r in rows if r.status == "ok"]
     if artifact and not live:
@@ -556,6 +608,7 @@ def main(argv=None) -> int:
     print(f"timing {len(live)} rows: batch {a.batch}, {a.threads} threads, {a.warmup} warm-up, "
           f"{a.iters or str(a.seconds) + ' s'} timed calls in {a.rounds} alternating blocks")
     latency(live, sample, a)
+    concurrent_clients(live, images, a.concurrent_calls)
     checks = []
     if a.cross_check:
         from benchmarks import crosscheck
@@ -569,7 +622,7 @@ def main(argv=None) -> int:
                     batch=a.batch, device=a.device, threads=a.threads, warmup=a.warmup, iters=a.iters,
                     seconds=a.seconds, rounds=a.rounds, block_warmup=a.block_warmup, settle_s=timing.SETTLE_S,
                     eval_images=len(ids) if (n_eval and gt is not None) else 0,
-                    dataset=meta.provenance.get("dataset"))
+                    dataset=meta.provenance.get("dataset"), triton_url=a.triton_url)
     result = dict(system=system.describe(), settings=settings, cross_check=checks,
                   rows=[dict(name=r.name, precision=r.precision, runtime=r.runtime, status=r.status,
                              artifact=str(r.artifact) if r.artifact else None, **r.result) for r in rows])

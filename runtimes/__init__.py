@@ -1,7 +1,7 @@
 """Uniform runtime adapters: every artifact behind one interface.
 
     import runtimes
-    detector = runtimes.load("model.onnx")      # or a run dir, .xml, .engine
+    detector = runtimes.load("model.onnx")      # or a run dir, .xml, .engine, triton://host:8000/name
     dets = detector(rgb_image)                  # boxes in original-image pixels, with class names
 
 `load` picks the adapter from the file; only the torch adapter imports torch.
@@ -13,15 +13,17 @@ from pathlib import Path
 from .base import Detections, Detector, ModelLoadError, first_line, is_dir, is_file
 from .image import ImageError
 from .meta import ModelMeta
+from .triton import is_triton_url
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # TensorRT engine files, as runtimes.load tells them apart
-RUNTIMES = ("torch", "torchvision", "onnxruntime", "openvino", "tensorrt")
+RUNTIMES = ("torch", "torchvision", "onnxruntime", "openvino", "tensorrt", "triton")
 _NEEDS = {  # runtime -> (modules it imports, how to install them)
     "torch": (("torch", "torchvision"), "pip install frcnn-deploy"),
     "torchvision": (("torch", "torchvision"), "pip install frcnn-deploy"),
     "onnxruntime": (("onnxruntime",), "pip install onnxruntime"),
     "openvino": (("openvino",), "pip install openvino"),
     "tensorrt": (("tensorrt", "pycuda.driver"), "pip install tensorrt pycuda, on a machine with an NVIDIA GPU"),
+    "triton": (("tritonclient.http", "tritonclient.grpc"), "pip install 'tritonclient[http,grpc]'"),
 }
 
 
@@ -59,6 +61,8 @@ def unavailable(runtime: str, device: str = "cpu") -> str | None:
 
 def runtime_for(path) -> str:
     """The runtime that runs an artifact, from its name."""
+    if is_triton_url(path):
+        return "triton"
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".onnx":
@@ -69,12 +73,18 @@ def runtime_for(path) -> str:
         return "tensorrt"
     if is_dir(p) or suffix in (".safetensors", ".json", ".pth", ".pt"):
         return "torch"
-    raise ModelLoadError(f"{path}: unknown model type (expected a run dir, .safetensors, .pth, .onnx, .xml or .engine)")
+    raise ModelLoadError(f"{path}: unknown model type (expected a run dir, .safetensors, .pth, .onnx, .xml, .engine "
+                         "or a triton:// URL)")
 
 
 def load(path, device: str = "cpu", runtime: str | None = None, **options) -> Detector:
     """Load any artifact as a Detector. `runtime` overrides the choice made from the file name
-    ("torchvision" runs a checkpoint through torchvision's own eager forward)."""
+    ("torchvision" runs a checkpoint through torchvision's own eager forward). A triton:// or
+    triton+grpc:// URL is a model on a Triton server (runtimes.triton)."""
+    if runtime == "triton" or (runtime is None and is_triton_url(path)):
+        from .triton import TritonDetector
+
+        return TritonDetector(path, device=device, **options)
     if not (is_file(path) or is_dir(path)):
         raise ModelLoadError(f"{path}: no such file or directory")
     runtime = runtime or runtime_for(path)
