@@ -125,8 +125,7 @@ class _Canvases:
 
 def map_metric(meta, accuracy: AccuracyControl):
     """validation_fn for NNCF: (COCO mAP@[.5:.95] of a compiled model on the items, None)."""
-    from runtimes.coco import evaluate, to_coco_results
-    from runtimes.parity import _restrict
+    from runtimes.coco import evaluate, restrict, to_coco_results
 
     pipeline = shared_pipeline(meta)
 
@@ -138,7 +137,7 @@ def map_metric(meta, accuracy: AccuracyControl):
             det = pipeline.postprocess(out, [box], None)[0]
             results += to_coco_results(image_id, det.boxes, det.scores, det.labels, meta.category_ids)
             ids.append(image_id)
-        return evaluate(_restrict(accuracy.gt, ids), results)["AP@[.5:.95]"], None
+        return evaluate(restrict(accuracy.gt, ids), results)["AP@[.5:.95]"], None
 
     return validate
 
