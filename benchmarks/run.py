@@ -25,6 +25,10 @@ coefficient of variation exceeds --cv-warn gets a warning. --cross-check then ru
 benchmark_app, ONNX Runtime's own profiler and trtexec (where TensorRT is installed) on the
 same artifacts, threads, precision and canvas, and prints their medians next to ours.
 
+The int8 rows (ONNX Runtime Q/DQ, OpenVINO through NNCF; exporters.qdq, exporters.openvino_int8)
+are calibrated on --calib-images of the checkpoint's training data (or --calib-data) and held by
+the mAP gate below, their parity only reported. --precision picks the precisions measured.
+
 --model naming an artifact benchmarks it alone: mAP on --data (default: the dataset its
 metadata names) and latency; ONNX Runtime, OpenVINO and TensorRT artifacts import no torch.
 
@@ -104,9 +108,12 @@ class Artifacts:
     """The exported files of one checkpoint in `work`, each written once and reused while newer
     than the checkpoint."""
 
-    def __init__(self, checkpoint: Path, model, meta, work: Path, batch: int, triton_url: str | None = None):
+    def __init__(self, checkpoint: Path, model, meta, work: Path, batch: int, triton_url: str | None = None,
+                 calib_images: int = 300, calib_data: str | None = None):
         self.checkpoint, self.model, self.meta, self.work, self.batch = Path(checkpoint), model, meta, work, batch
         self.triton_url = triton_url
+        self.calib_images, self.calib_data = calib_images, calib_data
+        self._calibration = None
 
     def fresh(self, path: Path) -> bool:
         return newer_than(path, self.checkpoint)
@@ -134,6 +141,39 @@ class Artifacts:
                     inference_precision="bf16" if precision == "bf16" else "f32")
         return xml
 
+    def calibration(self):
+        """The INT8 rows' one calibration set (exporters.calibration), decoded once."""
+        if self._calibration is None:
+            from exporters.calibration import calibration_set
+
+            self._calibration = calibration_set(self.meta, self.calib_images, self.calib_data)
+        return self._calibration
+
+    def onnx_int8(self) -> Path:
+        """onnx() quantized for ONNX Runtime (Q/DQ, uint8 activations), calibrated on calibration()."""
+        path = self.work / f"model.b{self.batch}.int8-c{self.calib_images}.onnx"  # a new calibration, a new file
+        source = self.onnx()
+        if not self.fresh(path):
+            from exporters.qdq import calibrate, quantize_onnx
+
+            print(f"quantizing ONNX to INT8 ({self.calib_images} calibration images) -> {path} ...", flush=True)
+            quantize_onnx(calibrate(source, self.calibration(), self.work / "int8-calibration"), path)
+        return path
+
+    def openvino_int8(self) -> Path:
+        """The fp32 IR quantized by NNCF (post-processing float), calibrated on calibration()."""
+        import onnx
+
+        xml = self.work / f"openvino-int8-c{self.calib_images}" / "model.int8.xml"
+        fp32 = self.openvino("fp32")
+        if not self.fresh(xml):
+            from exporters.openvino_int8 import quantize_ir
+
+            print(f"quantizing the IR to INT8 with NNCF ({self.calib_images} calibration images) -> {xml} ...",
+                  flush=True)
+            quantize_ir(fp32, xml, self.calibration(), onnx.load(str(self.onnx())))
+        return xml
+
     def tensorrt(self, precision: str) -> Path:
         engine = self.work / f"model.{precision}.engine"
         if not self.fresh(engine):
@@ -159,11 +199,15 @@ ROWS = (
     RowKind("openvino", "openvino", make=lambda art, kind: art.openvino(kind.precision)),
     RowKind("openvino", "openvino", "fp16-weights", make=lambda art, kind: art.openvino(kind.precision)),
     RowKind("openvino", "openvino", "bf16", make=lambda art, kind: art.openvino(kind.precision)),
+    RowKind("onnxruntime", "onnxruntime", "int8", make=lambda art, kind: art.onnx_int8()),
+    RowKind("openvino", "openvino", "int8", make=lambda art, kind: art.openvino_int8()),
     RowKind("tensorrt", "tensorrt", "fp16", make=lambda art, kind: art.tensorrt(kind.precision)),
     RowKind("triton", "triton", make=lambda art, kind: art.triton()),
 )
 ALWAYS = ("torchvision", "torch")  # the baseline and the reference join every checkpoint run
 ALL = tuple(dict.fromkeys(k.runtime for k in ROWS if k.runtime not in ("torchvision", *SERVED)))  # "all"
+PRECISIONS = tuple(dict.fromkeys(k.precision for k in ROWS))  # what --precision selects
+GATED = ("int8", *REDUCED)  # precisions held by the mAP gate (exporters.gate), their parity reported only
 
 
 # ------------------------------------------------------------------ model and artifacts
@@ -286,13 +330,14 @@ def resolve_model(spec: str | None) -> tuple[Path | None, Row | None]:
     return None, Row(RowKind(runtime, runtime), artifact=Path(spec))
 
 
-def plan(wanted: list[str], device: str) -> list[Row]:
+def plan(wanted: list[str], device: str, precisions: list[str] = PRECISIONS) -> list[Row]:
     """The rows to measure: torchvision's eager model (the speed baseline), the PyTorch deploy
-    graph (the parity reference), then each requested runtime's rows from ROWS; torchvision
-    under bf16 autocast only beside another bf16 row."""
+    graph (the parity reference), then each requested runtime's rows from ROWS at the requested
+    precisions; torchvision under bf16 autocast only beside another bf16 row."""
     import runtimes
 
-    rows = [Row(kind) for kind in ROWS if kind.runtime in ALWAYS or kind.runtime in wanted]
+    rows = [Row(kind) for kind in ROWS if kind.runtime in ALWAYS or (kind.runtime in wanted and
+                                                                       kind.precision in precisions)]
     if not any(r.precision in REDUCED for r in rows if r.runtime not in ALWAYS):
         rows = [r for r in rows if r.runtime not in ALWAYS or r.precision not in REDUCED]
     for row in rows:
@@ -333,7 +378,11 @@ def export_all(rows: list[Row], artifacts: Artifacts) -> None:
         try:
             row.artifact = row.kind.make(artifacts, row.kind)
         except Exception as e:
-            row.status = f"export failed: {first_line(e)}"
+            from exporters.calibration import CalibrationError
+
+            # no calibration data (published weights name no training set) is a row this run cannot
+            # have, not a broken export
+            row.status = f"{'not available' if isinstance(e, CalibrationError) else 'export failed'}: {first_line(e)}"
             continue
         if row.runtime not in SERVED:
             row.result["export_s"] = time.perf_counter() - t0
@@ -462,12 +511,12 @@ def timing_flags(model: dict, e2e: dict, cv_warn: float) -> list[str]:
 
 
 def tolerances(precision: str):
-    """Parity thresholds of a row: strict for fp32, runtimes.parity.FP16 for fp16, none for the
-    mAP-gated reduced precisions (reported only; the run's gate holds their mAP)."""
+    """Parity thresholds of a row: strict for fp32, none for the mAP-gated precisions (reported
+    only: the run's gate holds their mAP), runtimes.parity.FP16 otherwise."""
     from exporters.gate import REPORT_ONLY
     from runtimes.parity import FP16, Thresholds
 
-    return Thresholds() if precision == "fp32" else REPORT_ONLY if precision in REDUCED else FP16
+    return Thresholds() if precision == "fp32" else REPORT_ONLY if precision in GATED else FP16
 
 
 # ------------------------------------------------------------------ main
@@ -483,6 +532,14 @@ def parse_args(argv):
                                         "triton+grpc://host:8001/name (exporters.triton, from the same checkpoint)")
     p.add_argument("--concurrent-calls", type=int, default=8,
                    help="calls per client in the 1/4/16 concurrent-clients throughput of a served model (default 8)")
+    p.add_argument("--precision", default="all",
+                   help=f"{', '.join(PRECISIONS)}, a comma list, or all (default all); torchvision and the "
+                        "PyTorch deploy graph always run in fp32")
+    p.add_argument("--calib-images", type=int, default=100, metavar="N",
+                   help="calibration images of the int8 rows (default 100; the exporters' default is 300)")
+    p.add_argument("--calib-data", metavar="SPEC",
+                   help="calibration data of the int8 rows, any trainer --data spec (default: the checkpoint's "
+                        "training data; needed for a checkpoint that names none, e.g. random:ARCH)")
     p.add_argument("--data", help="evaluation data, any trainer --data spec, e.g. coco-val2017[:DIR] (found under "
                                   "DIR or $COCO_ROOT, else downloaded) (default: the model's dataset, its "
                                   "validation split)")
@@ -515,6 +572,14 @@ def parse_args(argv):
         p.error("--runtime ...,triton and --triton-url URL go together (or --model URL for the served model alone)")
     if a.concurrent_calls < 1:
         p.error("--concurrent-calls must be at least 1")
+    a.precisions = list(PRECISIONS) if a.precision == "all" else [x.strip() for x in a.precision.split(",")]
+    bad = [x for x in a.precisions if x not in PRECISIONS]
+    if bad:
+        p.error(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(PRECISIONS)} or all")
+    from exporters.calibration import MIN_IMAGES
+
+    if a.calib_images < MIN_IMAGES:
+        p.error(f"--calib-images must be at least {MIN_IMAGES}")
     if a.batch < 1 or a.threads < 1 or a.rounds < 1:
         p.error("--batch, --threads and --rounds must be at least 1")
     if a.warmup < 0 or a.block_warmup < 0 or (a.iters is not None and a.iters < 1) or (a.seconds or 1) <= 0:
@@ -551,9 +616,10 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
         model, meta = load_source(str(checkpoint))
-        rows = plan(a.runtimes, a.device)
+        rows = plan(a.runtimes, a.device, a.precisions)
         out.mkdir(parents=True, exist_ok=True)
-        export_all(rows, Artifacts(checkpoint, model, meta, out / "artifacts", a.batch, a.triton_url))
+        export_all(rows, Artifacts(checkpoint, model, meta, out / "artifacts", a.batch, a.triton_url,
+                                   a.calib_images, a.calib_data))
         del model  # every runtime loads its own from the artifact
     out.mkdir(parents=True, exist_ok=True)
     for row in [r for r in rows if r.status == "ok"]:

@@ -1,4 +1,4 @@
-"""The mAP gate of reduced-precision artifacts, shared by bf16 compute and INT8.
+"""The mAP gate of reduced-precision artifacts (bf16 compute; INT8 follows the same rule).
 
 Box-level parity against the fp32 deploy graph holds fp32 artifacts to 1e-4 px, but a reduced
 precision moves scores a little and, where two overlapping boxes nearly tie, NMS keeps the
@@ -44,9 +44,10 @@ class GateResult:
 def map_gate(test, reference, meta, what: str, images: int = GATE_IMAGES,
              max_drop: float = DEFAULT_MAX_DROP, spec: str | None = None) -> GateResult:
     """Score `test` (the reduced-precision artifact) and `reference` (fp32) on the first `images`
-    validation images of dataset `spec` (None: the checkpoint's own, its validation split); print
-    the parity figures and the verdict. Without ground truth there is nothing to gate on, and
-    the gate fails."""
+    validation images of the checkpoint's dataset, or of dataset `spec` (a checkpoint whose
+    provenance names no dataset, e.g. published weights, is scored on the data the user names);
+    print the parity figures and the verdict. Without ground truth there is nothing to gate
+    on, and the gate fails."""
     from .verify import verify
 
     report = verify(test, reference, meta, images, REPORT_ONLY, spec=spec)
@@ -61,8 +62,16 @@ def map_gate(test, reference, meta, what: str, images: int = GATE_IMAGES,
 
 
 def add_gate_args(p: argparse.ArgumentParser, when: str) -> None:
-    """--max-map-drop and --gate-images, for the gate that applies `when` (e.g. "with --precision bf16")."""
-    g = p.add_argument_group(f"mAP gate ({when})")
+    """--max-map-drop and --gate-images, for the gate that applies `when` (e.g. "with --precision bf16").
+    A command with two reduced precisions (--int8 and --precision bf16) calls it once for each:
+    the second call names its case in the same options' group instead of adding them again."""
+    title = f"mAP gate ({when})"
+    for group in p._action_groups:  # argparse keeps groups only there
+        if group.title and group.title.startswith("mAP gate (") and any(
+                "--max-map-drop" in action.option_strings for action in group._group_actions):
+            group.title = f"{group.title[:-1]}; {when})"
+            return
+    g = p.add_argument_group(title)
     g.add_argument("--max-map-drop", type=float, default=DEFAULT_MAX_DROP, metavar="DROP",
                    help=f"largest mAP@[.5:.95] drop against fp32 (default {DEFAULT_MAX_DROP}); matched fraction and "
                         "box/score deviations are reported, the parity thresholds do not apply")

@@ -6,6 +6,12 @@
 
 `--flavor onnx` (default) uses standard ONNX ops only (ONNX Runtime, OpenVINO);
 `--flavor trt` emits our plugin nodes for NMS and RoIAlign (input of exporters.trt).
+
+`--int8` writes model.int8.onnx (model.trt.int8.onnx with --flavor trt): explicit Q/DQ on the
+networks' convolutions and fully-connected layers, calibrated on --calib-images of the
+checkpoint's training data (exporters.qdq), post-processing float; then it reports which layers
+ONNX Runtime runs in INT8 and gates the mAP drop against the PyTorch deploy graph (exit 1 when
+it exceeds --max-map-drop).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from runtimes.meta import META_KEY, ModelMeta
 from trainer.models import parse_canvas
 
 from .cli import CHECKPOINT_HELP, add_verify_args, fail, load_source, thresholds_from
+from .int8 import add_int8_args, check_int8_args
 
 MAX_IR_VERSION = 10  # onnxruntime >= 1.20 and OpenVINO read it; onnx 1.23 would write 14 by default
 
@@ -87,13 +94,13 @@ def read_shapes_after_cast(graph) -> None:
     graph.node.extend(nodes)
 
 
-def default_out(checkpoint: str, flavor: str) -> Path:
+def default_out(checkpoint: str, flavor: str, int8: bool = False) -> Path:
     from trainer.weights import is_named, run_name
 
     p = Path(checkpoint)
     # named weights live in torch's hub cache: their export goes to runs/, not beside them
     base = Path("runs") / run_name(checkpoint) if is_named(checkpoint) else p if p.is_dir() else p.parent
-    return base / ("model.trt.onnx" if flavor == "trt" else "model.onnx")
+    return base / f"model{'.trt' if flavor == 'trt' else ''}{'.int8' if int8 else ''}.onnx"
 
 
 def main(argv=None) -> int:
@@ -101,7 +108,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help=CHECKPOINT_HELP + "; coco with --arch")
-    p.add_argument("--out", type=Path, help="output .onnx (default: model.onnx / model.trt.onnx beside the checkpoint)")
+    p.add_argument("--out", type=Path, help="output .onnx (default: model.onnx / model.trt.onnx beside the checkpoint; model.int8.onnx / model.trt.int8.onnx with --int8)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     g.add_argument("--dynamic-batch", action="store_true", help="batch dimension left dynamic")
@@ -111,14 +118,18 @@ def main(argv=None) -> int:
                    help="onnx: standard ops (default); trt: TensorRT plugin nodes for NMS and RoIAlign")
     p.add_argument("--arch", help="architecture of a .pth file (default: guessed from its keys)")
     add_verify_args(p)
+    add_int8_args(p)
     a = p.parse_args(argv)
     if a.batch < 1:
         fail("--batch must be at least 1")
+    check_int8_args(a)
     if not 16 <= a.opset <= 21:
         fail(f"--opset {a.opset} is not supported (RoiAlign needs >= 16; use 16-21)")
     model, meta = load_source(a.checkpoint, a.arch, a.canvas)
-    out = a.out or default_out(a.checkpoint, a.flavor)
+    out = a.out or default_out(a.checkpoint, a.flavor, a.int8)
     batch = None if a.dynamic_batch else a.batch
+    if a.int8:
+        return main_int8(a, model, meta, out, batch)
     print(f"exporting {meta.arch} ({meta.num_classes - 1} classes, canvas {meta.canvas[0]}x{meta.canvas[1]}, "
           f"batch {batch or 'dynamic'}, flavor {a.flavor}, opset {a.opset}) ...", flush=True)
     t0 = time.perf_counter()
@@ -137,6 +148,26 @@ def main(argv=None) -> int:
     report = verify(runtimes.load(out), TorchDetector(None, model=model, meta=meta), meta, a.parity_images,
                     thresholds_from(a))
     return 0 if print_report(report, str(out)) else 1
+
+
+def main_int8(a: argparse.Namespace, model, meta: ModelMeta, out: Path, batch: int | None) -> int:
+    """--int8: calibrate, quantize, report the INT8 kernels, gate against the PyTorch deploy graph."""
+    from runtimes.torch import TorchDetector
+
+    from .calibration import CalibrationError, calibration_set
+    from .int8 import QuantizationError, check_artifact
+    from .qdq import export_int8
+
+    try:
+        calib = calibration_set(meta, a.calib_images, a.calib_data)
+        print(f"exporting {meta.arch} as INT8 Q/DQ (flavor {a.flavor}, batch {batch or 'dynamic'}), calibrated on "
+              f"{len(calib)} images of {calib.split} ...", flush=True)
+        t0 = time.perf_counter()
+        export_int8(model, meta, out, calib, batch, a.flavor, a.opset)
+    except (CalibrationError, QuantizationError) as e:
+        fail(first_line(e))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s")
+    return check_artifact(out, a, TorchDetector(None, model=model, meta=meta), meta)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ parity: mAP@[.5:.95] on --gate-images validation images at most --max-map-drop b
 reference's, box-level figures reported only; it also reports the precision OpenVINO compiled
 the layers to. Exit 1 when the gate fails.
 
+--int8 quantizes the fp32 IR with NNCF (exporters.openvino_int8), calibrated on --calib-images
+of the checkpoint's training data, post-processing float, and writes model.int8.xml (+ .bin);
+--accuracy-control keeps the most harmful layers float until the mAP drop on the gate images is
+within --max-map-drop. It then reports which layers the CPU plugin runs in INT8 and gates the mAP
+drop against the fp32 deploy graph (exit 1 when it exceeds --max-map-drop).
+
 Weights stay fp32 unless --fp16-weights (OpenVINO's save_model would compress them to fp16
 by default). The model metadata travels in the IR's rt_info, so `runtimes.load(out)` needs
 nothing else. Parity: the IR through runtimes.load against the PyTorch deploy graph of the
@@ -28,6 +34,7 @@ from runtimes.base import first_line
 from runtimes.meta import META_KEY, ModelMeta, read_onnx_meta
 
 from .cli import CHECKPOINT_HELP, add_verify_args, check_reference_arg, fail, load_source
+from .int8 import add_int8_args, check_int8_args
 
 
 def onnx_meta(onnx_path: Path) -> ModelMeta:
@@ -58,7 +65,9 @@ def convert(onnx_path, out, fp16_weights: bool = False, batch: int | None = None
                              f"--dynamic-batch or --batch {batch}, or convert from --checkpoint")
         model.reshape({"images": [batch, h, w, 3]})
         have = None if batch == -1 else batch
-    meta.export = dict(meta.export, format="openvino", precision="fp16-weights" if fp16_weights else "fp32",
+    # a Q/DQ ONNX (exporters.onnx --int8) becomes FakeQuantize: the IR stays INT8, with its quantization record
+    precision = "int8" if meta.export.get("precision") == "int8" else "fp16-weights" if fp16_weights else "fp32"
+    meta.export = dict(meta.export, format="openvino", precision=precision,
                        inference_precision=inference_precision, batch=have, source=onnx_path.name,
                        openvino=ov.get_version())
     model.set_rt_info(meta.to_json(), META_KEY)
@@ -89,11 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     from .gate import add_gate_args, check_gate_args
 
     add_gate_args(p, "with --precision bf16")
+    add_int8_args(p, accuracy_control=True)
     a = p.parse_args(argv)
     if a.batch is not None and a.batch < 1:
         fail("--batch must be at least 1")
     check_reference_arg(a)
     check_gate_args(a)
+    check_int8_args(a)
+    if a.int8 and a.fp16_weights:
+        fail("--int8 and --fp16-weights exclude each other (the INT8 IR keeps its float constants fp32)")
+    if a.int8 and a.precision != "f32":
+        fail("--int8 and --precision bf16 exclude each other (an INT8 IR is gated as INT8)")
     return a
 
 
@@ -113,6 +128,9 @@ def main(argv=None) -> int:
             onnx_path = a.onnx
             if not onnx_path.is_file():
                 fail(f"{onnx_path}: no such file")
+        if a.int8:
+            return main_int8(a, onnx_path, Path(tmp), model, batch)
+        source = onnx_meta(onnx_path)
         t0 = time.perf_counter()
         try:
             xml = convert(onnx_path, a.out, a.fp16_weights, batch, a.precision)
@@ -123,13 +141,51 @@ def main(argv=None) -> int:
 
             fail(f"OpenVINO cannot convert {onnx_path.name}: {ov_message(e)}")
     size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
-    print(f"wrote {xml} + .bin ({size:.1f} MiB, {'fp16' if a.fp16_weights else 'fp32'} weights, "
-          f"{a.precision} inference) in {time.perf_counter() - t0:.1f}s")
+    kind = "INT8 from Q/DQ" if source.export.get("precision") == "int8" else \
+        f"{'fp16' if a.fp16_weights else 'fp32'} weights, {a.precision} inference"
+    print(f"wrote {xml} + .bin ({size:.1f} MiB, {kind}) in {time.perf_counter() - t0:.1f}s")
+    if source.export.get("precision") == "int8":  # the Q/DQ route (--onnx model.int8.onnx): gated as INT8
+        from .int8 import check_artifact
+        from .verify import pick_reference
+
+        reference = None if a.no_verify else pick_reference(None, None, onnx_path, a.reference_checkpoint)
+        return check_artifact(xml, a, reference, source, a.device)
     if a.no_verify:
         return 0
     if a.precision != "f32":
         return 0 if gate_ir(xml, a, model) else 1
     return 0 if verify_ir(xml, a, model) else 1
+
+
+def main_int8(a: argparse.Namespace, onnx_path: Path, tmp: Path, model=None, batch: int | None = None) -> int:
+    """--int8: the fp32 IR (uncompressed, in `tmp`) -> NNCF -> model.int8.xml, INT8 layers reported, gated."""
+    import onnx
+
+    from .calibration import CalibrationError, calibration_set
+    from .int8 import QuantizationError, check_artifact, gate_spec
+    from .openvino_int8 import AccuracyControl, quantize_ir
+    from .verify import pick_reference, sample_images
+
+    meta = onnx_meta(onnx_path)
+    out = a.out if str(a.out).endswith(".xml") else a.out / "model.int8.xml"
+    try:
+        calib = calibration_set(meta, a.calib_images, a.calib_data)
+        fp32 = convert(onnx_path, tmp / "fp32" / "model.xml", fp16_weights=False, batch=batch)
+        accuracy = None
+        if a.accuracy_control:
+            images, gt, ids, source = sample_images(meta, a.gate_images, spec=gate_spec(meta, a.calib_data))
+            if gt is None:
+                fail(f"--accuracy-control needs validation images with ground truth; {source} has none")
+            print(f"accuracy control: mAP on {source}, budget {a.max_map_drop}")
+            accuracy = AccuracyControl(images, gt, ids, a.max_map_drop)
+        t0 = time.perf_counter()
+        xml = quantize_ir(fp32, out, calib, onnx.load(str(onnx_path)), accuracy)
+    except (CalibrationError, QuantizationError, ValueError) as e:
+        fail(first_line(e))
+    size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
+    print(f"wrote {xml} + .bin ({size:.1f} MiB, INT8) in {time.perf_counter() - t0:.1f}s")
+    reference = None if a.no_verify else pick_reference(model, meta, onnx_path, a.reference_checkpoint)
+    return check_artifact(xml, a, reference, meta, a.device)
 
 
 def verify_ir(xml: Path, a: argparse.Namespace, model=None) -> bool:

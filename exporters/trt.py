@@ -10,7 +10,13 @@ our NMS and multi-level RoIAlign plugins; build them first with python -m plugin
 onto its ROIAlign_TRT plugin and NonMaxSuppression onto INMSLayer (slow NMS). With --onnx the
 file's flavour decides (model.trt.onnx: custom, model.onnx: builtin).
 
-Precision: fp32 by default, with TF32 off so fp32 means fp32. --fp16 on TensorRT 11 exports the
+Precision: fp32 by default, with TF32 off so fp32 means fp32. --int8 builds INT8 by explicit
+quantization on TensorRT 10 and 11 alike: from a checkpoint it exports the graph with symmetric
+Q/DQ on the networks' convolutions and fully-connected layers (exporters.qdq, calibrated on
+--calib-images of the checkpoint's training data; post-processing float) and builds it strongly
+typed (no precision flags: the Q/DQ say where INT8 runs); an --onnx that exporters.onnx --int8
+--flavor trt wrote builds the same way. The check after the build is the INT8 gate: the mAP drop
+against the fp32 deploy graph at most --max-map-drop. --fp16 on TensorRT 11 exports the
 mixed-precision ONNX (networks fp16; anchors, box decoding, NMS inputs and RoI coordinates fp32)
 and builds it strongly typed: TensorRT 11 has no BuilderFlag.FP16. TensorRT 10 builds the fp32
 ONNX with BuilderFlag.FP16 and lets TensorRT pick each layer's precision; --strongly-typed
@@ -48,6 +54,7 @@ from runtimes.tensorrt import (INPUT_NAME, find_plugin_library, import_cuda, imp
                                make_logger, sidecar_path, version_tuple)
 
 from .cli import add_verify_args, check_reference_arg, fail, load_source
+from .int8 import add_int8_args, check_int8_args
 from .trt_check import NotReadyError, ensure_ready
 
 MISSING = 3  # exit code: something to install or build is missing
@@ -63,7 +70,7 @@ class EngineBuildError(RuntimeError):
 class Precision:
     """How an engine of the requested precision is built on one TensorRT version."""
 
-    precision: str  # "fp32" or "fp16"
+    precision: str  # "fp32", "fp16" or "int8"
     strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED: the ONNX's types are the engine's
 
     @property
@@ -82,12 +89,19 @@ class Precision:
 
 
 def precision_plan(version: str, fp16: bool, onnx_precision: str | None = None,
-                   strongly_typed: bool = False) -> Precision:
-    """The build recipe for TensorRT `version`. onnx_precision: the given ONNX's ("fp32" or
-    "mixed-fp16"), None when the exporter writes the ONNX itself. ValueError when impossible."""
+                   strongly_typed: bool = False, int8: bool = False) -> Precision:
+    """The build recipe for TensorRT `version`. onnx_precision: the given ONNX's ("fp32",
+    "mixed-fp16" or "int8"), None when the exporter writes the ONNX itself. ValueError when impossible."""
     major, _ = version_tuple(version)
     if major < 10:
         raise ValueError(f"TensorRT {version} is too old: the plugins are IPluginV3, which needs TensorRT 10 or newer")
+    if int8 or onnx_precision == "int8":
+        if fp16:
+            raise ValueError("--int8 and --fp16 exclude each other: the INT8 graph's float layers stay fp32")
+        if onnx_precision not in (None, "int8"):
+            raise ValueError(f"--int8 builds from an INT8 Q/DQ ONNX, and this one is {onnx_precision}: quantize it "
+                             "with python -m exporters.onnx --int8 --flavor trt, or build from --checkpoint")
+        return Precision("int8", strongly_typed=True)  # explicit quantization: the Q/DQ types are the engine's
     strong = major >= 11 or strongly_typed
     if onnx_precision == "mixed-fp16":  # its types say fp16 already; only a strongly typed build keeps them
         return Precision("fp16", strongly_typed=True)
@@ -226,7 +240,7 @@ def builder_config(trt, builder, network, plan: Precision, profile: tuple[int, i
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
-    if plan.precision == "fp32":
+    if plan.precision in ("fp32", "int8"):  # int8: the layers outside the Q/DQ stay exact fp32
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default; it rounds fp32 inputs to 10-bit mantissas
     images = network.get_input(0)
     if network.num_inputs != 1 or images.name != INPUT_NAME:
@@ -292,11 +306,18 @@ def build_engine(onnx_path, out, meta: ModelMeta, plan: Precision, profile: tupl
 
 
 def export_for_tensorrt(model, meta: ModelMeta, onnx_path, plan: Precision, plugins: str = "custom",
-                        batch: int | None = 1) -> Path:
+                        batch: int | None = 1, calib=None) -> Path:
     """The ONNX TensorRT builds from: flavour from `plugins`, mixed precision when `plan` builds
-    fp16 strongly typed; batch None = dynamic. `meta` is left as it is."""
+    fp16 strongly typed, TensorRT's Q/DQ calibrated on `calib` (exporters.calibration) when it
+    builds int8; batch None = dynamic. `meta` is left as it is."""
     from .onnx import export_onnx
 
+    if plan.precision == "int8":
+        from .qdq import export_int8
+
+        if calib is None:
+            raise ValueError("an INT8 build needs calibration images (exporters.calibration.calibration_set)")
+        return export_int8(model, meta, onnx_path, calib, batch, FLAVOR[plugins], qdq="tensorrt")
     return export_onnx(model, meta, onnx_path, batch=batch, flavor=FLAVOR[plugins],
                        half=plan.half_onnx)
 
@@ -304,29 +325,31 @@ def export_for_tensorrt(model, meta: ModelMeta, onnx_path, plan: Precision, plug
 def build_from_checkpoint(model, meta: ModelMeta, out, fp16: bool = False, batch: int | None = 1,
                           max_batch: int | None = None, opt_batch: int | None = None, plugins: str = "custom",
                           plugin_library=None, workspace_gib: float | None = None, timing_cache=None,
-                          strongly_typed: bool = False, verbose: bool = False, log=print) -> Path:
-    """Export the ONNX the installed TensorRT needs into a temporary folder and build the engine from it."""
+                          strongly_typed: bool = False, verbose: bool = False, log=print, calib=None) -> Path:
+    """Export the ONNX the installed TensorRT needs into a temporary folder and build the engine from
+    it; INT8 when `calib` (exporters.calibration.calibration_set) is given."""
     trt = import_tensorrt()
-    plan = precision_plan(trt.__version__, fp16, strongly_typed=strongly_typed)
+    plan = precision_plan(trt.__version__, fp16, strongly_typed=strongly_typed, int8=calib is not None)
     profile = checkpoint_profile(batch, max_batch, opt_batch)
     if plugins == "custom":
         plugin_library = find_plugin_library(plugin_library)  # fail before the export, not after
     return export_and_build(model, meta, out, plan, profile, plugins, plugin_library, workspace_gib, timing_cache,
-                            verbose, log)
+                            verbose, log, calib=calib)
 
 
 def export_and_build(model, meta: ModelMeta, out, plan: Precision, profile: tuple[int, int, int],
                      plugins: str = "custom", plugin_library=None, workspace_gib: float | None = None,
-                     timing_cache=None, verbose: bool = False, log=print, check: bool = True) -> Path:
-    """build_from_checkpoint once the plan, the profile and the plugin library are known."""
+                     timing_cache=None, verbose: bool = False, log=print, check: bool = True, calib=None) -> Path:
+    """build_from_checkpoint once the plan, the profile and the plugin library are known (and, for
+    an int8 plan, the calibration images)."""
     low, _, high = profile
     fixed = low if low == high else None
     with tempfile.TemporaryDirectory(prefix="frcnn-trt-") as tmp:
         onnx_path = Path(tmp) / ("model.trt.onnx" if FLAVOR[plugins] == "trt" else "model.onnx")
-        log(f"exporting ONNX (flavor {FLAVOR[plugins]}, {'mixed-fp16' if plan.half_onnx else 'fp32'}, "
-            f"batch {fixed or 'dynamic'}) ...")
+        kind = "int8 Q/DQ" if plan.precision == "int8" else "mixed-fp16" if plan.half_onnx else "fp32"
+        log(f"exporting ONNX (flavor {FLAVOR[plugins]}, {kind}, batch {fixed or 'dynamic'}) ...")
         t0 = time.perf_counter()
-        export_for_tensorrt(model, meta, onnx_path, plan, plugins, fixed)
+        export_for_tensorrt(model, meta, onnx_path, plan, plugins, fixed, calib)
         log(f"exported in {time.perf_counter() - t0:.1f}s")
         return build_engine(onnx_path, out, read_onnx_meta(onnx_path), plan, profile, plugins, plugin_library,
                             workspace_gib, timing_cache, verbose, check)
@@ -343,6 +366,12 @@ def verify_engine(engine: Path, a: argparse.Namespace, model=None, meta: ModelMe
         test = TensorRTDetector(engine, plugins=a.plugin_library)
     except ModelLoadError as e:
         fail(str(e), MISSING)
+    if test.meta.export.get("precision") == "int8":  # gated by its mAP drop, not by box-level parity
+        from .int8 import gate
+        from .verify import pick_reference
+
+        reference = pick_reference(model, meta or test.meta, a.onnx, a.reference_checkpoint)
+        return gate(test, reference, test.meta, a).passed
     return verify_artifact(test, str(engine), a, model, meta, fp16=test.meta.export.get("precision") == "fp16")
 
 
@@ -373,7 +402,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the graph against onnx-tensorrt 10.1's published rules, which a newer parser may relax)")
     p.add_argument("--verbose", action="store_true", help="print TensorRT's info messages")
     add_verify_args(p, "--fp16", onnx_source=True)
-    return p.parse_args(argv)
+    add_int8_args(p)
+    a = p.parse_args(argv)
+    check_int8_args(a)
+    return a
 
 
 def main(argv=None) -> int:
@@ -393,6 +425,9 @@ def main(argv=None) -> int:
                 ensure_ready(a.onnx)
             plugins = plugins_for(onnx_meta.export.get("flavor", "onnx"), a.plugins)
             onnx_precision = onnx_meta.export.get("precision", "fp32")
+            if a.int8 and onnx_precision != "int8":
+                raise ValueError(f"--int8 with --onnx builds an INT8 Q/DQ ONNX, and {a.onnx.name} is {onnx_precision}: "
+                                 "quantize it with python -m exporters.onnx --int8 --flavor trt, or use --checkpoint")
             profile = batch_profile(onnx_meta.export.get("batch"), a.batch, a.max_batch, a.opt_batch)
         else:
             plugins = a.plugins or "custom"
@@ -409,7 +444,7 @@ def main(argv=None) -> int:
     except ModelLoadError as e:
         fail(str(e), MISSING)
     try:
-        plan = precision_plan(trt.__version__, a.fp16, onnx_precision, a.strongly_typed)
+        plan = precision_plan(trt.__version__, a.fp16, onnx_precision, a.strongly_typed, a.int8)
     except ValueError as e:
         fail(str(e))
     low, opt, high = profile
@@ -420,8 +455,16 @@ def main(argv=None) -> int:
     try:
         if a.checkpoint:
             model, meta = load_source(a.checkpoint)
+            calib = None
+            if plan.precision == "int8":
+                from .calibration import CalibrationError, calibration_set
+
+                try:
+                    calib = calibration_set(meta, a.calib_images, a.calib_data)
+                except CalibrationError as e:
+                    fail(first_line(e))
             export_and_build(model, meta, a.out, plan, profile, plugins, library, a.workspace, a.timing_cache,
-                             a.verbose, check=a.check)
+                             a.verbose, check=a.check, calib=calib)
         else:
             build_engine(a.onnx, a.out, onnx_meta, plan, profile, plugins, library, a.workspace, a.timing_cache,
                          a.verbose, check=False)  # checked above

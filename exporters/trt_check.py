@@ -6,8 +6,10 @@ TensorRT cannot run everywhere, but the rules its parser applies are published. 
 them without TensorRT: the operator support matrix and its restrictions (exporters.trt_support, from
 onnx-tensorrt 10.1 GA), the UINT8 rule (a uint8 tensor only as a network input feeding a Cast, or a
 network output), TopK's constant K below 3840 with sorted=1, constant Slice/Squeeze/Unsqueeze axes,
-the supported Resize modes, no data-dependent shapes in the plugin flavour, and our plugin nodes
-carrying exactly the attributes, with the ONNX types, that the creators accept (plugins.PLUGIN_FIELDS).
+the supported Resize modes, no data-dependent shapes in the plugin flavour, our plugin nodes
+carrying exactly the attributes, with the ONNX types, that the creators accept (plugins.PLUGIN_FIELDS),
+and explicit quantization as TensorRT builds it: Q/DQ with build-time constant, strictly positive
+scales, zero points that are constant zeros, per-channel scales on weights only (trt_support.QDQ_OPS).
 exporters.trt runs it before every build; a failure names the node and the rule in one line.
 Exit codes: 0 every file ready, 1 a file is not, 2 a file cannot be read.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, defs, numpy_helper
 
@@ -80,6 +83,7 @@ class Graph:
                 if value is not None:
                     self.constants[node.output[0]] = value
         self.plugin_flavour = any(n.domain == PLUGIN_DOMAIN for n in self.nodes)
+        self.producers = {o: n for n in self.nodes for o in n.output if o}
         self.types = self._types()
 
     def _types(self) -> dict[str, int]:
@@ -96,6 +100,16 @@ class Graph:
                 for name, kind in zip(node.output, kinds):
                     types[name] = types.get(name) or kind
         return types
+
+    def shape(self, name: str) -> list[int] | None:
+        """The static dims (0 where unknown) of a constant or a typed graph tensor, None when unknown."""
+        if name in self.constants:
+            return list(self.constants[name].dims)
+        g = self.model.graph
+        for v in (*g.input, *g.output, *g.value_info):
+            if v.name == name and v.type.tensor_type.HasField("shape"):
+                return [d.dim_value for d in v.type.tensor_type.shape.dim]
+        return None
 
     def schema(self, node):
         return _schema(node.op_type, self.opset) if node.domain in ("", "ai.onnx") else None
@@ -254,7 +268,53 @@ def rule_plugin(graph: Graph, node):
         yield "plugin inputs", "the repeated inputs must all have one type"
 
 
-RULES = (rule_op, rule_uint8, rule_types, rule_constant_inputs, rule_topk, rule_resize, rule_plugin)
+def _weights_rooted(graph: Graph, tensor: str) -> bool:
+    """Whether `tensor` is a constant, or a QuantizeLinear of one (TensorRT's "rooted at an IConstantLayer")."""
+    if tensor in graph.constants:
+        return True
+    producer = graph.producers.get(tensor)
+    return producer is not None and producer.op_type == "QuantizeLinear" and producer.input[0] in graph.constants
+
+
+def rule_qdq(graph: Graph, node):
+    """TensorRT's explicit quantization: symmetric (zero points build-time zeros), constant positive scales,
+    per-tensor activations and per-channel weights only (trt_support.QDQ_OPS)."""
+    if node.op_type not in facts.QDQ_OPS or node.domain not in ("", "ai.onnx"):
+        return
+    x, scale_name = node.input[0], node.input[1] if len(node.input) > 1 else ""
+    zero_name = node.input[2] if len(node.input) > 2 else ""
+    scale = graph.constants.get(scale_name)
+    if scale is None:
+        yield "Q/DQ", f"scale {scale_name!r} must be a build-time constant (initializer or Constant)"
+        return
+    values = numpy_helper.to_array(scale).astype("float64")
+    if not (values > 0).all() or not np.isfinite(values).all():
+        yield "Q/DQ", f"scale {scale_name!r} must hold strictly positive finite values (min {values.min():g})"
+    if zero_name:
+        zero = graph.constants.get(zero_name)
+        if zero is None:
+            yield "Q/DQ", f"zero point {zero_name!r} must be a build-time constant"
+        elif numpy_helper.to_array(zero).any():
+            yield "Q/DQ", f"zero point {zero_name!r} is not all zeros: TensorRT supports symmetric quantization only"
+        elif numpy_helper.to_array(zero).size != values.size:
+            yield "Q/DQ", f"zero point {zero_name!r} has {numpy_helper.to_array(zero).size} values, scale {values.size}"
+    if values.size > 1:  # per-channel
+        if values.ndim != 1:
+            yield "Q/DQ", f"scale {scale_name!r} is {values.ndim}-D; per-channel scales are 1-D"
+        rooted = x in graph.constants if node.op_type == "QuantizeLinear" else _weights_rooted(graph, x)
+        if not rooted:
+            yield "Q/DQ", (f"per-channel scale on {x!r}, which is not a constant: activations are quantized "
+                           "per-tensor only, per-channel is for weights")
+        shape = graph.shape(x)
+        axis = _attribute(node, "axis", 1)
+        if shape is not None and values.ndim == 1:
+            if not -len(shape) <= axis < len(shape):
+                yield "Q/DQ", f"axis {axis} is not an axis of {x!r} (rank {len(shape)})"
+            elif shape[axis] and shape[axis] != values.size:
+                yield "Q/DQ", f"{values.size} scales for axis {axis} of {x!r}, which has {shape[axis]} entries"
+
+
+RULES = (rule_op, rule_uint8, rule_types, rule_constant_inputs, rule_topk, rule_resize, rule_plugin, rule_qdq)
 
 
 def problems(model: onnx.ModelProto) -> list[Problem]:

@@ -67,3 +67,18 @@ RESIZE = {  # supported attribute values; ONNX defaults first
     "nearest_mode": ("round_prefer_floor", "floor", "ceil", "round_prefer_ceil"),
     "keep_aspect_ratio_policy": ("stretch",),
 }
+
+# Explicit quantization (QuantizeLinear / DequantizeLinear), from NvInfer.h's IQuantizeLayer, IDequantizeLayer,
+# addQuantize and addDequantize (the same text in ../shared/third_party/tensorrt-10.16 and -11.1) and the matrix's
+# restrictions (`y_zero_point` must be 0, `x_zero_point` must be zero):
+#   "The subgraph which terminates with the scale tensor must be a build-time constant."
+#   "All scale coefficients must have strictly positive values."
+#   "The scale value must be a scalar for per-tensor quantization, a 1D tensor for per-channel quantization, or the
+#    same rank as the input tensor for block quantization." "The size of the 1D scale tensor must match the size of
+#    the quantization axis." "The size of zeroPt must match the size of scale."
+#   "The subgraph which terminates with the zeroPt tensor must be a build-time constant containing only zeros."
+#   "Per-channel quantization is supported only for weight inputs. Thus, Activations cannot be quantized
+#    per-channel." / "Per-channel dequantization is supported only for input that is rooted at an IConstantLayer
+#    (i.e. weights)."
+# The types (Q: FP32/FP16/BF16 in, INT8/FP8/INT4 out; DQ: INT8/FP8/INT4 in, so no int32 bias) are the matrix's.
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

@@ -38,7 +38,8 @@ def candidates(model, min_channels: int | None = None, min_tiles: int | None = N
     """(node, weight, bias or None, (C, H, W)) for every Conv of `model` that the rewrite handles
     (3x3, stride 1, pad 1, no groups or dilation, constant fp32 weights, static C, H, W) and
     that is big enough: at least `min_channels` in and out and `min_tiles` 4x4 output tiles
-    (default: MIN_CHANNELS, MIN_TILES)."""
+    (default: MIN_CHANNELS, MIN_TILES). An INT8 convolution's weight is a DequantizeLinear's
+    output, not an initializer: quantized convolutions are left alone (they run as QLinearConv)."""
     from onnx import TensorProto, helper, numpy_helper
 
     min_channels = MIN_CHANNELS if min_channels is None else min_channels

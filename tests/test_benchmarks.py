@@ -22,7 +22,7 @@ def bench(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     r = subprocess.run([sys.executable, "benchmarks/run.py", "--model", str(tiny_run), "--runtime", "onnxruntime,tensorrt",
                         "--eval-images", "6", "--iters", "2", "--rounds", "2", "--warmup", "1", "--cross-check",
-                        "--out", str(out)],
+                        "--calib-images", "8", "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     return out, r.stdout, json.loads((out / "results.json").read_text())
@@ -33,8 +33,12 @@ def test_outputs_and_rows(bench):
     assert (out / "latency_vs_map.png").stat().st_size > 1000 and (out / "speedup.png").stat().st_size > 1000
     assert "![latency vs map](latency_vs_map.png)" in (out / "report.md").read_text()
     assert "![speedup](speedup.png)" in (out / "report.md").read_text()
-    rows = {r["name"]: r for r in res["rows"]}
+    rows = {r["name"]: r for r in res["rows"] if r["precision"] != "int8"}
     assert set(rows) == {"torchvision", "torch", "onnxruntime", "tensorrt"}
+    int8 = [r for r in res["rows"] if r["precision"] == "int8"]
+    assert [r["name"] for r in int8] == ["onnxruntime"]  # --runtime onnxruntime,tensorrt: ONNX Runtime's int8 row
+    assert int8[0]["status"] == "ok" and int8[0]["artifact"].endswith(".int8-c8.onnx"), int8[0]["status"]
+    assert int8[0]["map"] is not None and "matched_fraction" in int8[0]["parity"]  # parity reported, mAP gated
     assert rows["tensorrt"]["status"].startswith("not available:")
     for name in ("torchvision", "torch", "onnxruntime"):
         r = rows[name]
@@ -87,6 +91,33 @@ def test_reported_map_equals_pycocotools(bench):
             ev.evaluate(), ev.accumulate(), ev.summarize()
         assert row["map"] == pytest.approx(ev.stats[0], abs=1e-9)
         assert row["ap50"] == pytest.approx(ev.stats[1], abs=1e-9)
+
+
+def test_int8_rows_are_made_from_one_calibration_and_picked_by_precision(tiny_run, tmp_path):
+    """The int8 rows' artifacts (their kinds' make), without timing: ONNX Runtime's Q/DQ and
+    OpenVINO's NNCF IR, both INT8 by their metadata and calibrated on the same images."""
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install -e .[train])")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import ROWS, Artifacts, plan, tolerances
+    from exporters.cli import load_source
+    from exporters.gate import REPORT_ONLY
+
+    import runtimes
+
+    model, meta = load_source(str(tiny_run))
+    art = Artifacts(tiny_run, model, meta, tmp_path, 1, calib_images=8)
+    kinds = {k.runtime: k for k in ROWS if k.precision == "int8"}
+    assert set(kinds) == {"onnxruntime", "openvino"} and tolerances("int8") is REPORT_ONLY
+    for runtime, kind in kinds.items():
+        det = runtimes.load(kind.make(art, kind), runtime=runtime)
+        q = det.meta.export["quantization"]
+        assert det.meta.export["precision"] == "int8" and q["calibration"]["images"] == 8, runtime
+    assert art.calibration() is art.calibration()  # decoded once, shared by both rows
+    picked = [(r.name, r.precision) for r in plan(["onnxruntime", "openvino"], "cpu", ["int8"])]
+    assert picked == [("torchvision", "fp32"), ("torch", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")]
+    r = subprocess.run([sys.executable, "benchmarks/run.py", "--precision", "int4"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "unknown precision(s) int4" in r.stderr.strip().splitlines()[-1]
 
 
 def test_map_of_a_few_images_is_scored_on_their_ground_truth(tmp_path):

@@ -474,7 +474,7 @@ def test_benchmark_reproduction_command_on_loopback(coco_server, server, hub, tm
     url = serve_state(server, coco_tiny_state)
     env = {**os.environ, "TORCH_HOME": str(hub.parent.parent)}
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--model", url, "--data",
-                        f"coco-val2017:{coco}", "--runtime", "onnxruntime", "--iters", "4",
+                        f"coco-val2017:{coco}", "--runtime", "onnxruntime", "--precision", "fp32", "--iters", "4",
                         "--warmup", "1", "--threads", "2", "--out", str(tmp_path / "bench")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -404,7 +404,7 @@ def test_checkpoint_command_line_against_the_stand_ins(mixed_builtin, tiny_run, 
     install(monkeypatch, version, mixed_builtin)
     exports = []
 
-    def export(model, meta, onnx_path, plan, plugins, batch):
+    def export(model, meta, onnx_path, plan, plugins, batch, calib=None):
         exports.append((plan.half_onnx, plugins, batch))
         return shutil.copy(mixed_builtin, onnx_path)
 
