@@ -211,7 +211,7 @@ def test_benchmark_measures_the_served_model_beside_the_direct_adapter(server, t
     get the 1/4/16 concurrent-clients throughput."""
     url = server.url("onnx_dynamic")
     res = run_benchmark(["--model", tiny_run, "--runtime", "onnxruntime,triton", "--triton-url", url,
-                         "--eval-images", "6"], tmp_path)
+                         "--eval-images", "6", "--precision", "fp32"], tmp_path)  # the served model is fp32
     rows = {r["name"]: r for r in res["rows"]}
     assert set(rows) == {"torchvision", "torch", "onnxruntime", "triton"}
     served, direct = rows["triton"], rows["onnxruntime"]
