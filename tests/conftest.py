@@ -45,6 +45,25 @@ def tiny_onnx_dynamic(tiny_run):
     return export_onnx(model, meta, tiny_run / "model.dynamic.onnx", batch=None)
 
 
+def _openvino_ir(onnx_path, folder):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e .[openvino])")
+    from exporters.openvino import convert
+
+    return convert(onnx_path, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_ir(tiny_onnx, tmp_path_factory):
+    """tiny_onnx converted to an OpenVINO IR (read only: tests that change an IR make their own)."""
+    return _openvino_ir(tiny_onnx, tmp_path_factory.mktemp("tiny_ir"))
+
+
+@pytest.fixture(scope="session")
+def openvino_ir(tiny_onnx_dynamic, tmp_path_factory):
+    """tiny_onnx_dynamic converted to an OpenVINO IR (read only)."""
+    return _openvino_ir(tiny_onnx_dynamic, tmp_path_factory.mktemp("tiny_ir_dynamic"))
+
+
 @pytest.fixture(scope="session")
 def shapes_images():
     """A few synthetic RGB images of different sizes."""

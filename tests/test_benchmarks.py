@@ -187,14 +187,6 @@ def run_blocked(args: list, tmp_path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def tiny_ir(tiny_onnx, tmp_path_factory):
-    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e .[openvino])")
-    from exporters.openvino import convert
-
-    return convert(tiny_onnx, tmp_path_factory.mktemp("bench_ir"))
-
-
 @pytest.mark.parametrize("artifact", ["onnx", "openvino"])
 def test_artifact_alone_without_torch(artifact, request, tmp_path):
     """--model ARTIFACT benchmarks that artifact alone, mAP on the dataset its metadata names, no torch."""

@@ -56,14 +56,6 @@ def video(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def openvino_ir(tiny_onnx_dynamic, tmp_path_factory) -> Path:
-    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e .[openvino])")
-    from exporters.openvino import convert
-
-    return convert(tiny_onnx_dynamic, tmp_path_factory.mktemp("edge_ir"))
-
-
 def first_frame_threshold(detector, video: Path) -> tuple[float, np.ndarray]:
     """A threshold that keeps only the best box of the first frame (and that frame)."""
     ok, frame = cv2.VideoCapture(str(video)).read()

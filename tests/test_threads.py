@@ -64,14 +64,6 @@ def test_onnxruntime_detector_shared_by_threads(artifact, request):
     check_shared_detector(runtimes.load(request.getfixturevalue(artifact)))
 
 
-@pytest.fixture(scope="module")
-def openvino_ir(tiny_onnx_dynamic, tmp_path_factory):
-    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e .[openvino])")
-    from exporters.openvino import convert
-
-    return convert(tiny_onnx_dynamic, tmp_path_factory.mktemp("threads_ir"))
-
-
 @pytest.mark.parametrize("mode", ["latency", "throughput"])
 def test_openvino_detector_shared_by_threads(openvino_ir, mode, tmp_path):
     detector = runtimes.load(openvino_ir, mode=mode, cache_dir=tmp_path / "cache")

@@ -51,14 +51,6 @@ def server_env():
 
 
 @pytest.fixture(scope="module")
-def openvino_ir(tiny_onnx_dynamic, tmp_path_factory):
-    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e .[openvino])")
-    from exporters.openvino import convert
-
-    return convert(tiny_onnx_dynamic, tmp_path_factory.mktemp("triton_server_ir"))
-
-
-@pytest.fixture(scope="module")
 def server(server_env, tiny_onnx_dynamic, tiny_onnx, openvino_ir, tmp_path_factory):
     """One server for the module: a dynamic-batch ONNX model, a fixed-batch one, an OpenVINO one."""
     repo = tmp_path_factory.mktemp("triton_repo")
